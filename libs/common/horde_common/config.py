@@ -1,0 +1,159 @@
+"""Static configuration of every horde service, read from the environment and `.env`.
+
+Variable names follow the reference validator wherever the spec names them, so an operator's
+existing `.env` keeps working. Secrets are `SecretStr` (or URLs with their password masked) so that
+no dump, repr or log line can leak them.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASK = "**********"
+
+
+class ConfigError(Exception):
+    """A missing or bad setting: `str()` is one line that names the variable."""
+
+
+class HashcatDifficulty(StrEnum):
+    PRODUCTION = "production"
+    LOCALNET = "localnet"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (`postgresql://u:pw@h/db` -> `postgresql://u:****@h/db`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Settings(BaseSettings):
+    """Every static setting. Dynamic (`DYNAMIC_*`) values live in `dynamic_config` instead."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    # --- chain ---
+    BITTENSOR_NETUID: int = Field(12, ge=0, le=65535)
+    BITTENSOR_NETWORK: str = "finney"
+    BITTENSOR_WALLET_NAME: str = "validator"
+    BITTENSOR_WALLET_HOTKEY_NAME: str = "default"
+    BITTENSOR_WALLET_DIRECTORY: str = "~/.bittensor/wallets"
+    # A dev-only seed (hex or mnemonic or //URI); when set it replaces the wallet folder. Localnet uses it.
+    HOTKEY_SEED: SecretStr | None = None
+
+    # --- facilitator ---
+    FACILITATOR_URI: str = "wss://facilitator.computehorde.io/ws/v0/"
+
+    # --- trusted miner (cross-validation) ---
+    TRUSTED_MINER_KEY: str | None = None
+    TRUSTED_MINER_ADDRESS: str | None = None
+    TRUSTED_MINER_PORT: int | None = Field(None, ge=1, le=65535)
+
+    # --- S3 ---
+    S3_BUCKET_NAME_PROMPTS: str | None = None
+    S3_BUCKET_NAME_ANSWERS: str | None = None
+    AWS_ACCESS_KEY_ID: str | None = None
+    AWS_SECRET_ACCESS_KEY: SecretStr | None = None
+    AWS_DEFAULT_REGION: str | None = None
+    AWS_ENDPOINT_URL: str | None = None
+
+    # --- debug miner (debug run-synthetic-jobs) ---
+    DEBUG_MINER_KEY: str | None = None
+    DEBUG_MINER_ADDRESS: str = "127.0.0.1"
+    DEBUG_MINER_PORT: int | None = Field(None, ge=1, le=65535)
+    DEBUG_MINER_COUNT: int = Field(1, ge=1, le=4096)
+
+    # --- platform ---
+    DATABASE_URL: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/horde")
+    AMQP_URL: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    DEBUG_TOKEN: SecretStr | None = None
+    SERVICE_HOST: str = "127.0.0.1"
+    LOG_LEVEL: str = "INFO"
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    DYNAMIC_CONFIG_SOURCE: str | None = None
+    SYNTHETIC_HASHCAT_DIFFICULTY: HashcatDifficulty = HashcatDifficulty.PRODUCTION
+    LOCALNET_CHAIN_URL: str | None = None
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url_scheme(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if not raw.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("AMQP_URL")
+    @classmethod
+    def _amqp_url_scheme(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return v
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return v
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL (driver forced to asyncpg)."""
+        raw = self.DATABASE_URL.get_secret_value()
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if raw.startswith(prefix):
+                return "postgresql+asyncpg://" + raw[len(prefix) :]
+        return raw
+
+    @property
+    def amqp_url(self) -> str:
+        return self.AMQP_URL.get_secret_value()
+
+    def safe_dump(self) -> dict[str, Any]:
+        """All settings with every secret masked: the only form that may be logged or shown."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                out[name] = mask_url(raw) if "://" in raw else MASK
+            else:
+                out[name] = value
+        return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "?"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if err["type"] != "missing" else f"{loc}: missing")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; a bad value raises `ConfigError` with one clear line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Process-wide settings (cached). Tests call `get_settings.cache_clear()` after changing env."""
+    return load_settings()
