@@ -1,0 +1,58 @@
+"""Database chores for the CLI: wait until Postgres answers, create the database if it is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+# Each connect attempt may hang on a dead host; bound it so `--timeout` is honoured.
+CONNECT_ATTEMPT_TIMEOUT_S = 3.0
+
+
+def _plain_dsn(url: str) -> str:
+    """asyncpg wants `postgresql://`, SQLAlchemy URLs carry `+asyncpg`."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _try_connect(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_ATTEMPT_TIMEOUT_S)
+    await conn.close()
+
+
+def wait_for_database(url: str, timeout_s: float) -> tuple[bool, str]:
+    """Poll until a connection succeeds; returns (ok, last error)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        try:
+            asyncio.run(_try_connect(_plain_dsn(url)))
+            return True, ""
+        except Exception as exc:  # any failure means "not yet"
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            return False, last
+        time.sleep(0.5)
+
+
+async def _ensure(url: str) -> bool:
+    dsn = _plain_dsn(url)
+    base, _, rest = dsn.rpartition("/")
+    dbname = rest.split("?", 1)[0]
+    try:
+        await _try_connect(dsn)
+        return False
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    conn = await asyncpg.connect(f"{base}/postgres", timeout=CONNECT_ATTEMPT_TIMEOUT_S)
+    try:
+        await conn.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await conn.close()
+    return True
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in `url` when it does not exist. Returns True if it was created."""
+    return asyncio.run(_ensure(url))

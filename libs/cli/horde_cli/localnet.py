@@ -1,0 +1,207 @@
+"""`horde localnet up/down`: a whole subnet plus the five services as child processes.
+
+Children run in their own process groups so that one Ctrl-C reaches us once and we stop them in
+order (services first, simulators last), each with SIGTERM and a grace period before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from horde_common.service_ports import SERVICE_PORTS, service_module
+
+STATE_DIR = Path(".horde")
+STATE_FILE = STATE_DIR / "localnet.json"
+LOG_DIR = STATE_DIR / "logs"
+# A service gets this long to finish in-flight messages after SIGTERM before it is killed.
+STOP_GRACE_S = 15.0
+# Acceptance: all five ready within 60 s of the command; leave headroom for a cold import cache.
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: list[str]
+    ready_url: str | None = None  # HTTP URL answering 200 when ready
+    ready_port: int | None = None  # otherwise: a TCP port that accepts connections
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LocalnetLayout:
+    host: str = "127.0.0.1"
+    chain_port: int = 9944
+    miner_count: int = 4
+    miner_base_port: int = 9100
+    block_interval_s: float = 0.2
+    debug_token: str = "localnet"
+
+    @property
+    def chain_url(self) -> str:
+        return f"http://{self.host}:{self.chain_port}"
+
+
+def localnet_env(layout: LocalnetLayout) -> dict[str, str]:
+    """Settings every service gets on localnet; explicit env vars of the operator win."""
+    from horde_localnet.keys import VALIDATOR_SEED_URI
+
+    defaults = {
+        "LOCALNET_CHAIN_URL": layout.chain_url,
+        "BITTENSOR_NETWORK": "local",
+        "HOTKEY_SEED": VALIDATOR_SEED_URI,
+        "DEBUG_TOKEN": layout.debug_token,
+        "SYNTHETIC_HASHCAT_DIFFICULTY": "localnet",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ACCESS_KEY_ID": "localnet",
+        "AWS_SECRET_ACCESS_KEY": "localnet",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "S3_BUCKET_NAME_PROMPTS": "horde-prompts",
+        "S3_BUCKET_NAME_ANSWERS": "horde-answers",
+        "SERVICE_HOST": layout.host,
+    }
+    return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
+
+
+def children(layout: LocalnetLayout) -> list[ChildSpec]:
+    py = sys.executable
+    sims = [
+        ChildSpec(
+            "chain",
+            [py, "-m", "horde_localnet.chain", "--host", layout.host, "--port", str(layout.chain_port),
+             "--block-interval", str(layout.block_interval_s), "--miners", str(layout.miner_count),
+             "--miner-base-port", str(layout.miner_base_port)],
+            ready_port=layout.chain_port,
+        ),
+        ChildSpec(
+            "miners",
+            [py, "-m", "horde_localnet.miners", "--host", layout.host, "--count", str(layout.miner_count),
+             "--base-port", str(layout.miner_base_port)],
+            ready_port=layout.miner_base_port + layout.miner_count - 1,
+        ),
+    ]
+    services = [
+        ChildSpec(name, [py, "-m", service_module(name)], ready_url=f"http://{layout.host}:{port}/readyz")
+        for name, port in SERVICE_PORTS.items()
+    ]
+    return sims + services
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _is_ready(spec: ChildSpec, host: str) -> bool:
+    if spec.ready_url:
+        try:
+            return httpx.get(spec.ready_url, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+    return spec.ready_port is not None and _port_open(host, spec.ready_port)
+
+
+def start_children(specs: list[ChildSpec], env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for spec in specs:
+        log = open(LOG_DIR / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        procs[spec.name] = subprocess.Popen(
+            spec.argv,
+            env={**os.environ, **env, **spec.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return procs
+
+
+def wait_ready(
+    specs: list[ChildSpec],
+    procs: dict[str, subprocess.Popen[bytes]],
+    host: str,
+    on_progress: Callable[[set[str]], None],
+    timeout_s: float = READY_TIMEOUT_S,
+) -> tuple[bool, str]:
+    """Poll until every child is ready; fail early when a child exits."""
+    deadline = time.monotonic() + timeout_s
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        for spec in specs:
+            if spec.name in ready:
+                continue
+            code = procs[spec.name].poll()
+            if code is not None:
+                return False, f"{spec.name} exited with code {code}; see {LOG_DIR / spec.name}.log"
+            if _is_ready(spec, host):
+                ready.add(spec.name)
+                on_progress(ready)
+        if len(ready) == len(specs):
+            return True, ""
+        time.sleep(0.25)
+    missing = sorted({s.name for s in specs} - ready)
+    return False, f"not ready after {timeout_s:.0f} s: {', '.join(missing)}"
+
+
+def stop_pids(pids: dict[str, int], grace_s: float = STOP_GRACE_S) -> dict[str, str]:
+    """SIGTERM each child's process group (services first), then SIGKILL stragglers."""
+    order = [n for n in pids if n in SERVICE_PORTS] + [n for n in pids if n not in SERVICE_PORTS]
+    for name in order:
+        try:
+            os.killpg(pids[name], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    outcome: dict[str, str] = {}
+    deadline = time.monotonic() + grace_s
+    for name in order:
+        while time.monotonic() < deadline and _alive(pids[name]):
+            time.sleep(0.1)
+        if _alive(pids[name]):
+            try:
+                os.killpg(pids[name], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            outcome[name] = "killed"
+        else:
+            outcome[name] = "stopped"
+    return outcome
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (detached run): fall back to a signal probe
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def save_state(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps({name: p.pid for name, p in procs.items()}))
+
+
+def load_state() -> dict[str, int]:
+    if not STATE_FILE.exists():
+        return {}
+    data = json.loads(STATE_FILE.read_text())
+    return {str(k): int(v) for k, v in data.items()}
