@@ -1,0 +1,329 @@
+"""The bus client of a service: confirmed persistent publishing and idempotent transactional consuming.
+
+Consuming a message (see `Broker._process`) is: parse -> open a DB transaction -> insert the
+idempotency row `ProcessedMessage(queue, message_id)` (already there: ack and skip) -> run the
+handler -> stage its returned messages in the outbox -> commit -> ack -> kick the outbox relay.
+A handler error rolls back and nacks with requeue after a backoff; the quorum queue's delivery
+limit dead-letters the message eventually. A crash anywhere before the ack means redelivery, and
+the idempotency row makes the redelivery a no-op if the transaction had committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from horde_common.bus.messages import BusMessage
+from horde_common.bus.outbox import OutboxRelay, add_to_outbox, trace_headers
+from horde_common.bus.router import BusRouter, HandlerContext, Route, as_messages
+from horde_common.bus.topology import (
+    BROADCAST_ROUTING_KEYS,
+    CLASSIC_MAX_DELIVERIES,
+    EXCHANGE,
+    MAX_DELIVERIES,
+    QUEUES,
+    declare_exchanges,
+    declare_queue,
+    declare_topology,
+    default_instance_id,
+)
+from horde_common.db.models.bus import ProcessedMessage
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("horde_common.bus")
+
+
+class Broker:
+    """One AMQP connection per service: a confirm-mode channel to publish, one channel to consume.
+
+    `session_factory=None` makes a pure consumer/publisher: handlers run without a transaction or
+    idempotency row, and their returned messages are published directly before the ack.
+    """
+
+    def __init__(
+        self,
+        amqp_url: str,
+        *,
+        service: str,
+        session_factory: async_sessionmaker[AsyncSession] | None = None,
+        prefetch: int = 32,
+        instance_id: str | None = None,
+        connect_timeout_s: float = 15.0,
+        publish_timeout_s: float = 15.0,
+        retry_delay_s: float = 0.5,
+        max_retry_delay_s: float = 10.0,
+    ) -> None:
+        self.amqp_url = amqp_url
+        self.service = service
+        self.instance_id = instance_id or default_instance_id()
+        self._session_factory = session_factory
+        self._prefetch = prefetch
+        self._connect_timeout_s = connect_timeout_s
+        self._publish_timeout_s = publish_timeout_s
+        self._retry_delay_s = retry_delay_s
+        self._max_retry_delay_s = max_retry_delay_s
+
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._consume_channel: AbstractChannel | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self.relay: OutboxRelay | None = (
+            OutboxRelay(self, session_factory) if session_factory is not None else None
+        )
+        self._relay_stop = asyncio.Event()
+        self._relay_task: asyncio.Task[None] | None = None
+
+    # --- connection -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect (reconnecting automatically afterwards) and declare the shared topology.
+
+        Every durable queue is declared by every service, so a message published before its
+        consumer ever started is queued, not dropped as unroutable.
+        """
+        if self._connection is not None:
+            return
+        self._connection = await asyncio.wait_for(
+            aio_pika.connect_robust(
+                self.amqp_url,
+                timeout=self._connect_timeout_s,
+                client_properties={"connection_name": f"{self.service}/{self.instance_id}"},
+            ),
+            self._connect_timeout_s,
+        )
+        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_topology(self._publish_channel)
+        self._exchange = await self._publish_channel.get_exchange(EXCHANGE, ensure=False)
+
+    @property
+    def is_connected(self) -> bool:
+        conn = self._connection
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+    # --- publishing -------------------------------------------------------------------------------
+
+    async def publish(self, msg: BusMessage, headers: Mapping[str, Any] | None = None) -> None:
+        """Publish now and wait for the broker's confirm (persistent, mandatory for work queues).
+
+        Concurrent calls pipeline their confirms on the one channel, so `publish_many` or
+        `asyncio.gather` of many publishes costs about one round trip, not one per message. Prefer
+        `add_to_outbox` whenever the message must agree with a database write.
+        """
+        with tracer.start_as_current_span(f"{msg.ROUTING_KEY} publish", kind=SpanKind.PRODUCER):
+            await self.publish_raw(
+                msg.ROUTING_KEY, msg.to_bytes(), message_id=msg.message_id, headers=trace_headers(headers)
+            )
+
+    async def publish_many(self, msgs: Iterable[BusMessage]) -> None:
+        await asyncio.gather(*(self.publish(m) for m in msgs))
+
+    async def publish_raw(
+        self, routing_key: str, body: bytes, *, message_id: uuid.UUID, headers: Mapping[str, Any]
+    ) -> None:
+        """Publish an already encoded message (the outbox relay's path; headers carry the trace)."""
+        if self._exchange is None:
+            raise RuntimeError("Broker.connect() first")
+        message = aio_pika.Message(
+            body,
+            headers=dict(headers),
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=str(message_id),
+            type=routing_key,
+            app_id=self.service,
+        )
+        # Nobody may be listening for a broadcast; for work queues an unroutable message is a bug.
+        await self._exchange.publish(
+            message,
+            routing_key,
+            mandatory=routing_key not in BROADCAST_ROUTING_KEYS,
+            timeout=self._publish_timeout_s,
+        )
+
+    def kick_outbox(self) -> None:
+        """Ask the relay to publish now (after committing outbox rows outside a handler)."""
+        if self.relay is not None:
+            self.relay.kick()
+
+    # --- consuming --------------------------------------------------------------------------------
+
+    async def start(self, router: BusRouter | None = None) -> None:
+        """Consume every queue of `router` and run the outbox relay (if there is a database)."""
+        await self.connect()
+        assert self._connection is not None
+        if router is not None and router.routes:
+            self._consume_channel = await self._connection.channel()
+            await self._consume_channel.set_qos(prefetch_count=self._prefetch)
+            exchange = await declare_exchanges(self._consume_channel)
+            for route in router.routes.values():
+                spec = QUEUES[route.queue]
+                queue = await declare_queue(self._consume_channel, exchange, spec, self.instance_id)
+                tag = await queue.consume(self._consumer(route, queue.name))
+                self._consumers.append((queue, tag))
+        if self.relay is not None and self._relay_task is None:
+            self._relay_task = asyncio.create_task(self.relay.run(self._relay_stop), name="outbox-relay")
+
+    def _consumer(self, route: Route, queue_name: str) -> Any:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)
+            try:
+                await self._process(route, queue_name, message)
+            finally:
+                self._inflight.discard(task)
+
+        return on_message
+
+    async def _process(self, route: Route, queue_name: str, message: AbstractIncomingMessage) -> None:
+        headers: dict[str, Any] = dict(message.headers or {})
+        try:
+            msg = route.model.model_validate_json(message.body)
+        except (ValidationError, ValueError) as exc:
+            # Redelivering cannot fix a body: straight to the dead-letter queue, loudly.
+            log.error(
+                "bus.unparseable_message",
+                queue=route.queue,
+                routing_key=message.routing_key,
+                message_id=message.message_id,
+                error=str(exc)[:1000],
+            )
+            await self._settle(message, requeue=False, reject=True)
+            return
+
+        spec = QUEUES[route.queue]
+        if spec.quorum:
+            delivery_count = int(headers.get("x-delivery-count") or 0) + 1
+        else:
+            delivery_count = 2 if message.redelivered else 1
+        ctx = HandlerContext(
+            queue=route.queue,
+            message_id=msg.message_id,
+            redelivered=bool(message.redelivered),
+            delivery_count=delivery_count,
+            headers=headers,
+        )
+        with tracer.start_as_current_span(
+            f"{route.queue} process",
+            context=propagate.extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.message.id": str(msg.message_id), "messaging.destination": queue_name},
+        ):
+            try:
+                staged = await self._handle(route, queue_name, msg, ctx)
+            except Exception:
+                log.exception(
+                    "bus.handler_failed",
+                    queue=route.queue,
+                    message_id=str(msg.message_id),
+                    delivery=delivery_count,
+                    max_deliveries=MAX_DELIVERIES if spec.quorum else CLASSIC_MAX_DELIVERIES,
+                )
+                await self._retry_later(message, delivery_count, quorum=spec.quorum)
+                return
+        await self._settle(message)
+        if staged and self.relay is not None:
+            self.relay.kick()
+
+    async def _handle(self, route: Route, queue_name: str, msg: BusMessage, ctx: HandlerContext) -> bool:
+        """Run the handler in its transaction; return whether it staged outbox rows."""
+        if self._session_factory is None:
+            await asyncio.gather(*(self.publish(m) for m in as_messages(await route.fn(msg, ctx))))
+            return False
+        async with self._session_factory() as session, session.begin():
+            first = await session.scalar(
+                pg_insert(ProcessedMessage)
+                .values(queue=queue_name, message_id=msg.message_id)
+                .on_conflict_do_nothing()
+                .returning(ProcessedMessage.message_id)
+            )
+            if first is None:  # committed by an earlier delivery whose ack was lost
+                log.info("bus.duplicate_skipped", queue=route.queue, message_id=str(msg.message_id))
+                return False
+            ctx.db_session = session
+            out = as_messages(await route.fn(msg, ctx))
+            for m in out:
+                await add_to_outbox(session, m)
+        return bool(out)
+
+    async def _retry_later(
+        self, message: AbstractIncomingMessage, delivery_count: int, *, quorum: bool
+    ) -> None:
+        if not quorum and delivery_count >= CLASSIC_MAX_DELIVERIES:
+            await self._settle(message, requeue=False, reject=True)
+            return
+        # Back off before requeueing, so a DB blip does not burn all deliveries in milliseconds.
+        delay = min(self._retry_delay_s * 2 ** (delivery_count - 1), self._max_retry_delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        await self._settle(message, requeue=True, reject=True)
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, *, requeue: bool = False, reject: bool = False
+    ) -> None:
+        """Ack/nack, tolerating a channel that died meanwhile (the broker then redelivers)."""
+        try:
+            if not reject:
+                await message.ack()
+            elif requeue:
+                await message.nack(requeue=True)
+            else:
+                await message.reject(requeue=False)
+        except Exception as exc:
+            log.warning(
+                "bus.settle_failed", message_id=message.message_id, error=f"{type(exc).__name__}: {exc}"
+            )
+
+    # --- shutdown ---------------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop consuming, let in-flight handlers finish for up to `grace_s`, then close.
+
+        Handlers still running after the grace are cancelled (their transactions roll back) and
+        their messages, never acked, are requeued by RabbitMQ when the channel closes.
+        """
+        self._stopping.set()
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._relay_task is not None:
+            self._relay_stop.set()
+            try:
+                await asyncio.wait_for(self._relay_task, timeout=max(grace_s, 1.0))
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:
+                log.exception("bus.relay_failed")
+            self._relay_task = None
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = self._publish_channel = self._consume_channel = self._exchange = None
