@@ -1,0 +1,1 @@
+"""cross-validator: prompt series generation, sampling, trusted answers, S3."""

@@ -1,0 +1,1 @@
+"""facilitator-gateway: the facilitator link (auth, heartbeat, reconnect, organic in, status out)."""

@@ -1,0 +1,1 @@
+"""job-runner: miner sessions for synthetic shards, organic jobs and trusted-miner jobs."""

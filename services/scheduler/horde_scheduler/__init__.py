@@ -1,0 +1,1 @@
+"""scheduler: chain watch, metagraph sync, cycles, when-to-run, batch coordinator."""

@@ -1,0 +1,1 @@
+"""weights: batch scoring, uid weights, set/commit weights with retries."""

@@ -1,0 +1,32 @@
+"""Wiring of the scheduler: bus handlers, loops and debug views.
+
+The coordinator logic (cycles, when-to-run, shard barrier) arrives with its issue; until then the
+handlers acknowledge and log, so the queues are declared and drained.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from horde_common.bus import BusRouter, HandlerContext
+from horde_common.bus.messages import BatchShardCompleted, BatchShardReady
+from horde_common.service import ServiceSpec
+from horde_common.service_ports import SERVICE_PORTS
+
+log = structlog.get_logger(__name__)
+router = BusRouter()
+
+
+@router.handler("scheduler.batch.shard.ready")
+async def on_shard_ready(msg: BatchShardReady, ctx: HandlerContext) -> None:
+    """A shard has its executors ready; the release barrier lands with the scheduler issue."""
+    log.info("batch.shard.ready", batch_id=msg.batch_id, shard=msg.shard_index)
+
+
+@router.handler("scheduler.batch.shard.completed")
+async def on_shard_completed(msg: BatchShardCompleted, ctx: HandlerContext) -> None:
+    """A shard's rows are persisted; batch completion lands with the scheduler issue."""
+    log.info("batch.shard.completed", batch_id=msg.batch_id, shard=msg.shard_index)
+
+
+SPEC = ServiceSpec(name="scheduler", port=SERVICE_PORTS["scheduler"], router=router)
