@@ -1,0 +1,61 @@
+"""Each of the five services starts against the real broker and database and answers its probes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+
+import httpx
+import pytest
+
+from horde_common.bus import QUEUES
+from horde_common.config import load_settings
+from horde_common.service import ServiceRunner, ServiceSpec
+from horde_common.service_ports import SERVICE_PORTS, service_module
+
+TOKEN = "test-debug-token"
+
+
+def _spec(name: str) -> ServiceSpec:
+    spec = importlib.import_module(service_module(name) + ".app").SPEC
+    assert isinstance(spec, ServiceSpec)
+    return spec
+
+
+@pytest.mark.parametrize("name", list(SERVICE_PORTS))
+def test_spec_matches_architecture(name: str) -> None:
+    spec = _spec(name)
+    assert spec.name == name
+    assert spec.port == SERVICE_PORTS[name]
+    owned = {q for q, s in QUEUES.items() if s.service == name}
+    assert spec.router is not None
+    assert set(spec.router.routes) == owned, "every queue the service owns has a handler"
+
+
+@pytest.mark.parametrize("name", list(SERVICE_PORTS))
+async def test_service_ready_and_debug_guarded(name: str, database_url: str, amqp_url: str) -> None:
+    settings = load_settings(DATABASE_URL=database_url, AMQP_URL=amqp_url, DEBUG_TOKEN=TOKEN)
+    runner = ServiceRunner(dataclasses.replace(_spec(name), port=0), settings)
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(runner.ready.wait(), timeout=10)  # acceptance: ready within 10 s
+        base = f"http://127.0.0.1:{runner.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            metrics = await client.get("/metrics")
+            assert metrics.status_code == 200
+            assert "# TYPE" in metrics.text
+            assert (await client.get("/debug/")).status_code == 401
+            wrong = await client.get("/debug/", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = await client.get("/debug/", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert ok.status_code == 200
+            assert "config" in ok.text
+            cfg = await client.get("/debug/config", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert TOKEN not in cfg.text, "secrets are masked in the config view"
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, timeout=20)
