@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 
 from horde_common.service_ports import SERVICE_PORTS, service_module
+from horde_localnet.config import Topology
+from horde_localnet.keys import validator_hotkey, validator_seed
 
 STATE_DIR = Path(".horde")
 STATE_FILE = STATE_DIR / "localnet.json"
@@ -39,63 +41,75 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class LocalnetLayout:
-    host: str = "127.0.0.1"
-    chain_port: int = 9944
-    miner_count: int = 4
-    miner_base_port: int = 9100
-    block_interval_s: float = 0.2
-    debug_token: str = "localnet"
-
-    @property
-    def chain_url(self) -> str:
-        return f"http://{self.host}:{self.chain_port}"
+# The debug token localnet services use; printed by `horde localnet up`. Not a secret: local only.
+LOCALNET_DEBUG_TOKEN = "localnet"
 
 
-def localnet_env(layout: LocalnetLayout) -> dict[str, str]:
+def localnet_env(topo: Topology) -> dict[str, str]:
     """Settings every service gets on localnet; explicit env vars of the operator win."""
-    from horde_localnet.keys import VALIDATOR_SEED_URI
-
     defaults = {
-        "LOCALNET_CHAIN_URL": layout.chain_url,
+        "LOCALNET_CHAIN_URL": topo.chain_url,
         "BITTENSOR_NETWORK": "local",
-        "HOTKEY_SEED": VALIDATOR_SEED_URI,
-        "DEBUG_TOKEN": layout.debug_token,
+        "BITTENSOR_NETUID": str(topo.netuid),
+        "HOTKEY_SEED": validator_seed(topo.validator_index),
+        "DEBUG_TOKEN": LOCALNET_DEBUG_TOKEN,
         "SYNTHETIC_HASHCAT_DIFFICULTY": "localnet",
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ENDPOINT_URL": topo.s3_url,
         "AWS_ACCESS_KEY_ID": "localnet",
         "AWS_SECRET_ACCESS_KEY": "localnet",
         "AWS_DEFAULT_REGION": "us-east-1",
         "S3_BUCKET_NAME_PROMPTS": "horde-prompts",
         "S3_BUCKET_NAME_ANSWERS": "horde-answers",
-        "SERVICE_HOST": layout.host,
+        "SERVICE_HOST": topo.host,
     }
     return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
 
 
-def children(layout: LocalnetLayout) -> list[ChildSpec]:
+def children(topo: Topology) -> list[ChildSpec]:
     py = sys.executable
     sims = [
         ChildSpec(
             "chain",
-            [py, "-m", "horde_localnet.chain", "--host", layout.host, "--port", str(layout.chain_port),
-             "--block-interval", str(layout.block_interval_s), "--miners", str(layout.miner_count),
-             "--miner-base-port", str(layout.miner_base_port)],
-            ready_port=layout.chain_port,
+            [
+                py,
+                "-m",
+                "horde_localnet.chain",
+                "--host",
+                topo.host,
+                "--port",
+                str(topo.chain_port),
+                "--metagraph",
+                str(topo.metagraph_path),
+                "--block-interval",
+                str(topo.block_interval),
+            ],
+            ready_port=topo.chain_port,
         ),
         ChildSpec(
             "miners",
-            [py, "-m", "horde_localnet.miners", "--host", layout.host, "--count", str(layout.miner_count),
-             "--base-port", str(layout.miner_base_port)],
-            ready_port=layout.miner_base_port + layout.miner_count - 1,
+            [py, "-m", "horde_localnet.miners", *miner_fleet_args(topo)],
+            ready_port=topo.miner_port(topo.miner_count - 1),
         ),
     ]
     services = [
-        ChildSpec(name, [py, "-m", service_module(name)], ready_url=f"http://{layout.host}:{port}/readyz")
+        ChildSpec(name, [py, "-m", service_module(name)], ready_url=f"http://{topo.host}:{port}/readyz")
         for name, port in SERVICE_PORTS.items()
     ]
     return sims + services
+
+
+def miner_fleet_args(topo: Topology) -> list[str]:
+    """Arguments of `python -m horde_localnet.miners` for the fleet the metagraph lists."""
+    return [
+        "--host",
+        topo.host,
+        "--count",
+        str(topo.miner_count),
+        "--base-port",
+        str(topo.miner_base_port),
+        "--known-validator",
+        validator_hotkey(topo.validator_index),
+    ]
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -119,7 +133,7 @@ def start_children(specs: list[ChildSpec], env: dict[str, str]) -> dict[str, sub
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for spec in specs:
-        log = open(LOG_DIR / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(LOG_DIR / f"{spec.name}.log", "ab")
         procs[spec.name] = subprocess.Popen(
             spec.argv,
             env={**os.environ, **env, **spec.env},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import runpy
 import signal
 import sys
@@ -17,6 +18,7 @@ from horde_cli import database, localnet
 from horde_cli.status import probe_all, status_table
 from horde_common.config import ConfigError, get_settings
 from horde_common.service_ports import SERVICE_PORTS, service_module
+from horde_localnet.config import DEFAULT_TOPOLOGY, Topology
 
 app = typer.Typer(help="horde-validator: a ComputeHorde (subnet 12) validator.", no_args_is_help=True)
 localnet_app = typer.Typer(help="A whole subnet on this machine.", no_args_is_help=True)
@@ -86,27 +88,23 @@ def status(host: Annotated[str, typer.Option(help="where the services listen")] 
 @localnet_app.command("up")
 def localnet_up(
     detach: Annotated[bool, typer.Option(help="return once everything is ready")] = False,
-    miners: Annotated[int, typer.Option(help="simulated miners")] = 4,
-    chain_port: int = 9944,
-    miner_base_port: int = 9100,
-    block_interval: Annotated[float, typer.Option(help="seconds per block")] = 0.2,
+    block_interval: Annotated[float, typer.Option(help="seconds per simulated block")] = 0.2,
 ) -> None:
     """Migrate, then start the chain and miner simulators and all five services."""
     existing = localnet.load_state()
     if existing and any(localnet._alive(pid) for pid in existing.values()):
         err.print("[yellow]a localnet is already running; `horde localnet down` first[/]")
         raise typer.Exit(1)
-    layout = localnet.LocalnetLayout(
-        miner_count=miners, chain_port=chain_port, miner_base_port=miner_base_port,
-        block_interval_s=block_interval,
-    )
+    topo = dataclasses.replace(DEFAULT_TOPOLOGY, block_interval=block_interval)
     migrate()
-    specs = localnet.children(layout)
-    procs = localnet.start_children(specs, localnet.localnet_env(layout))
+    specs = localnet.children(topo)
+    procs = localnet.start_children(specs, localnet.localnet_env(topo))
     localnet.save_state(procs)
     with console.status("starting localnet…") as spinner:
         ok, why = localnet.wait_ready(
-            specs, procs, layout.host,
+            specs,
+            procs,
+            topo.host,
             lambda ready: spinner.update(f"starting localnet… {len(ready)}/{len(specs)} ready"),
         )
     if not ok:
@@ -114,7 +112,7 @@ def localnet_up(
         localnet.stop_pids({n: p.pid for n, p in procs.items()})
         localnet.STATE_FILE.unlink(missing_ok=True)
         raise typer.Exit(1)
-    console.print(_where_table(layout))
+    console.print(_where_table(topo))
     if detach:
         console.print("running in the background; stop with [bold]horde localnet down[/]")
         return
@@ -153,18 +151,16 @@ def _down(pids: dict[str, int]) -> None:
     console.print(", ".join(f"{n}: {o}" for n, o in outcome.items()))
 
 
-def _where_table(layout: localnet.LocalnetLayout) -> Table:
+def _where_table(topo: Topology) -> Table:
     table = Table(title="localnet is up", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("where")
-    table.add_row("chain simulator", layout.chain_url)
-    table.add_row(
-        "miners",
-        f"ws://{layout.host}:{layout.miner_base_port}..{layout.miner_base_port + layout.miner_count - 1}",
-    )
+    table.add_row("chain simulator", topo.chain_url)
+    last = topo.miner_port(topo.miner_count - 1)
+    table.add_row("miners", f"{topo.miner_count} on ws://{topo.host}:{topo.miner_base_port}..{last}")
     for name, port in SERVICE_PORTS.items():
-        table.add_row(name, f"http://{layout.host}:{port}  (/readyz /metrics /debug/)")
-    table.add_row("debug token", layout.debug_token)
+        table.add_row(name, f"http://{topo.host}:{port}  (/readyz /metrics /debug/)")
+    table.add_row("debug token", localnet.LOCALNET_DEBUG_TOKEN)
     table.add_row("logs", str(localnet.LOG_DIR) + "/")
     return table
 

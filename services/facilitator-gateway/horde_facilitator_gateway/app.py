@@ -22,6 +22,4 @@ async def on_organic_job_status(msg: OrganicJobStatus, ctx: HandlerContext) -> N
     log.info("organic.job.status", job_uuid=str(msg.job_uuid), status=msg.status)
 
 
-SPEC = ServiceSpec(
-    name="facilitator-gateway", port=SERVICE_PORTS["facilitator-gateway"], router=router
-)
+SPEC = ServiceSpec(name="facilitator-gateway", port=SERVICE_PORTS["facilitator-gateway"], router=router)
