@@ -21,14 +21,22 @@ async def _try_connect(dsn: str) -> None:
     await conn.close()
 
 
-def wait_for_database(url: str, timeout_s: float) -> tuple[bool, str]:
-    """Poll until a connection succeeds; returns (ok, last error)."""
+def wait_for_database(url: str, timeout_s: float, *, server_only: bool = False) -> tuple[bool, str]:
+    """Poll until a connection succeeds; returns (ok, last error).
+
+    `server_only`: a missing database still counts as "up" (the server answered), so `migrate`
+    can create it without ever needing the `postgres` maintenance database otherwise.
+    """
     deadline = time.monotonic() + timeout_s
     last = ""
     while True:
         try:
             asyncio.run(_try_connect(_plain_dsn(url)))
             return True, ""
+        except asyncpg.InvalidCatalogNameError as exc:
+            if server_only:
+                return True, ""
+            last = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # any failure means "not yet"
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= deadline:

@@ -44,7 +44,7 @@ def migrate() -> None:
     from horde_common.db.migrate import upgrade
 
     url = _settings().database_url
-    ok, why = database.wait_for_database(url.rsplit("/", 1)[0] + "/postgres", 30)
+    ok, why = database.wait_for_database(url, 30, server_only=True)
     if not ok:
         err.print(f"[red]database unreachable:[/] {why}")
         raise typer.Exit(1)
