@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
 
 import aio_pika
 import structlog
@@ -50,6 +50,13 @@ from horde_common.db.models.bus import ProcessedMessage
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("horde_common.bus")
+
+# What became of a delivery: acked after commit ("processed"; "staged" = it also wrote outbox rows),
+# acked as an already-processed "duplicate", nacked for a later "requeued" attempt, "dead-lettered",
+# or "lost" (the channel died before the ack/nack reached RabbitMQ, which will redeliver it).
+Outcome = Literal["processed", "staged", "duplicate", "requeued", "dead-lettered", "lost"]
+# Called as listener(logical queue, AMQP message_id, outcome) after every settlement (metrics, tests).
+SettleListener = Callable[[str, str | None, Outcome], None]
 
 
 class Broker:
@@ -94,6 +101,7 @@ class Broker:
         )
         self._relay_stop = asyncio.Event()
         self._relay_task: asyncio.Task[None] | None = None
+        self.settle_listeners: list[SettleListener] = []
 
     # --- connection -------------------------------------------------------------------------------
 
@@ -210,10 +218,11 @@ class Broker:
                 message_id=message.message_id,
                 error=str(exc)[:1000],
             )
-            await self._settle(message, requeue=False, reject=True)
+            await self._settle(route.queue, message, "dead-lettered")
             return
 
         spec = QUEUES[route.queue]
+        limit = MAX_DELIVERIES if spec.quorum else CLASSIC_MAX_DELIVERIES
         if spec.quorum:
             delivery_count = int(headers.get("x-delivery-count") or 0) + 1
         else:
@@ -232,26 +241,34 @@ class Broker:
             attributes={"messaging.message.id": str(msg.message_id), "messaging.destination": queue_name},
         ):
             try:
-                staged = await self._handle(route, queue_name, msg, ctx)
+                outcome = await self._handle(route, queue_name, msg, ctx)
             except Exception:
                 log.exception(
                     "bus.handler_failed",
                     queue=route.queue,
                     message_id=str(msg.message_id),
                     delivery=delivery_count,
-                    max_deliveries=MAX_DELIVERIES if spec.quorum else CLASSIC_MAX_DELIVERIES,
+                    max_deliveries=limit,
                 )
-                await self._retry_later(message, delivery_count, quorum=spec.quorum)
+                if delivery_count >= limit:
+                    # Quorum queue: this nack exceeds the delivery limit, RabbitMQ dead-letters it.
+                    await self._settle(route.queue, message, "dead-lettered", quorum=spec.quorum)
+                    return
+                # Back off before requeueing, so a DB blip does not burn all deliveries in milliseconds.
+                delay = min(self._retry_delay_s * 2 ** (delivery_count - 1), self._max_retry_delay_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await self._settle(route.queue, message, "requeued")
                 return
-        await self._settle(message)
-        if staged and self.relay is not None:
+        await self._settle(route.queue, message, outcome)
+        if outcome == "staged" and self.relay is not None:
             self.relay.kick()
 
-    async def _handle(self, route: Route, queue_name: str, msg: BusMessage, ctx: HandlerContext) -> bool:
-        """Run the handler in its transaction; return whether it staged outbox rows."""
+    async def _handle(self, route: Route, queue_name: str, msg: BusMessage, ctx: HandlerContext) -> Outcome:
+        """Run the handler in its transaction (idempotency row + handler writes + outbox rows)."""
         if self._session_factory is None:
             await asyncio.gather(*(self.publish(m) for m in as_messages(await route.fn(msg, ctx))))
-            return False
+            return "processed"
         async with self._session_factory() as session, session.begin():
             first = await session.scalar(
                 pg_insert(ProcessedMessage)
@@ -261,40 +278,32 @@ class Broker:
             )
             if first is None:  # committed by an earlier delivery whose ack was lost
                 log.info("bus.duplicate_skipped", queue=route.queue, message_id=str(msg.message_id))
-                return False
+                return "duplicate"
             ctx.db_session = session
             out = as_messages(await route.fn(msg, ctx))
             for m in out:
                 await add_to_outbox(session, m)
-        return bool(out)
-
-    async def _retry_later(
-        self, message: AbstractIncomingMessage, delivery_count: int, *, quorum: bool
-    ) -> None:
-        if not quorum and delivery_count >= CLASSIC_MAX_DELIVERIES:
-            await self._settle(message, requeue=False, reject=True)
-            return
-        # Back off before requeueing, so a DB blip does not burn all deliveries in milliseconds.
-        delay = min(self._retry_delay_s * 2 ** (delivery_count - 1), self._max_retry_delay_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        await self._settle(message, requeue=True, reject=True)
+        return "staged" if out else "processed"
 
     async def _settle(
-        self, message: AbstractIncomingMessage, *, requeue: bool = False, reject: bool = False
+        self, queue: str, message: AbstractIncomingMessage, outcome: Outcome, *, quorum: bool = False
     ) -> None:
-        """Ack/nack, tolerating a channel that died meanwhile (the broker then redelivers)."""
+        """Ack/nack/reject, tolerating a channel that died meanwhile (the broker then redelivers)."""
         try:
-            if not reject:
-                await message.ack()
-            elif requeue:
-                await message.nack(requeue=True)
+            if outcome in ("processed", "staged", "duplicate"):
+                settle = message.ack()
+            elif outcome == "requeued" or quorum:
+                settle = message.nack(requeue=True)
             else:
-                await message.reject(requeue=False)
+                settle = message.reject(requeue=False)
+            await asyncio.wait_for(settle, self._publish_timeout_s)
         except Exception as exc:
             log.warning(
                 "bus.settle_failed", message_id=message.message_id, error=f"{type(exc).__name__}: {exc}"
             )
+            outcome = "lost"
+        for listener in self.settle_listeners:
+            listener(queue, message.message_id, outcome)
 
     # --- shutdown ---------------------------------------------------------------------------------
 
@@ -306,8 +315,9 @@ class Broker:
         """
         self._stopping.set()
         for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            if self.is_connected:  # a robust channel would otherwise wait for a reconnect forever
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(queue.cancel(tag), self._publish_timeout_s)
         self._consumers.clear()
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace_s)
