@@ -1,0 +1,210 @@
+"""System events: the reference validator's operational telemetry rows (`system_events` table).
+
+Every service records what the reference recorded, with the same type/subtype strings, because the
+rows are later shipped unchanged to the ComputeHorde stats collector. An event is inserted in the
+caller's session, so it commits (or rolls back) with the state it describes; `record_event_detached`
+writes through its own transaction for events that must survive a rollback (the reference's second
+DB alias). Each event is also logged and counted in a Prometheus counter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from horde_common.telemetry.logs import current_service, get_logger
+from horde_common.telemetry.metrics import get_meter
+
+log = get_logger("horde.system_events")
+
+_events_total = get_meter("horde_common.telemetry").create_counter(
+    "horde_system_events", unit="1", description="System events recorded, by type and subtype"
+)
+
+
+class SystemEventType(StrEnum):
+    """Event types of the reference validator (values are the wire strings)."""
+
+    WEIGHT_SETTING_SUCCESS = "WEIGHT_SETTING_SUCCESS"
+    WEIGHT_SETTING_FAILURE = "WEIGHT_SETTING_FAILURE"
+    MINER_ORGANIC_JOB_SUCCESS = "MINER_ORGANIC_JOB_SUCCESS"
+    MINER_ORGANIC_JOB_FAILURE = "MINER_ORGANIC_JOB_FAILURE"
+    MINER_SYNTHETIC_JOB_SUCCESS = "MINER_SYNTHETIC_JOB_SUCCESS"
+    MINER_SYNTHETIC_JOB_FAILURE = "MINER_SYNTHETIC_JOB_FAILURE"
+    RECEIPT_FAILURE = "RECEIPT_FAILURE"
+    FACILITATOR_CLIENT_ERROR = "FACILITATOR_CLIENT_ERROR"
+    VALIDATOR_MINERS_REFRESH = "VALIDATOR_MINERS_REFRESH"
+    VALIDATOR_SYNTHETIC_JOBS_FAILURE = "VALIDATOR_SYNTHETIC_JOBS_FAILURE"
+    VALIDATOR_FAILURE = "VALIDATOR_FAILURE"
+    VALIDATOR_TELEMETRY = "VALIDATOR_TELEMETRY"
+    VALIDATOR_CHANNEL_LAYER_ERROR = "VALIDATOR_CHANNEL_LAYER_ERROR"
+    VALIDATOR_SYNTHETIC_JOB_SCHEDULED = "VALIDATOR_SYNTHETIC_JOB_SCHEDULED"
+    VALIDATOR_OVERSLEPT_SCHEDULED_JOB_WARNING = "VALIDATOR_OVERSLEPT_SCHEDULED_JOB_WARNING"
+    LLM_PROMPT_GENERATION = "LLM_PROMPT_GENERATION"
+    LLM_PROMPT_SAMPLING = "LLM_PROMPT_SAMPLING"
+    LLM_PROMPT_ANSWERING = "LLM_PROMPT_ANSWERING"
+
+
+class SystemEventSubtype(StrEnum):
+    """Event subtypes of the reference validator. Values equal names except SPECS_SEND_ERROR."""
+
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    WARNING = "WARNING"
+    GENERIC_ERROR = "GENERIC_ERROR"
+    SUBTENSOR_CONNECTIVITY_ERROR = "SUBTENSOR_CONNECTIVITY_ERROR"
+    # weights
+    SET_WEIGHTS_SUCCESS = "SET_WEIGHTS_SUCCESS"
+    SET_WEIGHTS_ERROR = "SET_WEIGHTS_ERROR"
+    COMMIT_WEIGHTS_SUCCESS = "COMMIT_WEIGHTS_SUCCESS"
+    COMMIT_WEIGHTS_ERROR = "COMMIT_WEIGHTS_ERROR"
+    COMMIT_WEIGHTS_UNREVEALED_ERROR = "COMMIT_WEIGHTS_UNREVEALED_ERROR"
+    REVEAL_WEIGHTS_SUCCESS = "REVEAL_WEIGHTS_SUCCESS"
+    REVEAL_WEIGHTS_ERROR = "REVEAL_WEIGHTS_ERROR"
+    WRITING_TO_CHAIN_TIMEOUT = "WRITING_TO_CHAIN_TIMEOUT"
+    WRITING_TO_CHAIN_GENERIC_ERROR = "WRITING_TO_CHAIN_GENERIC_ERROR"
+    GIVING_UP = "GIVING_UP"
+    # miners and jobs
+    MANIFEST_ERROR = "MANIFEST_ERROR"
+    MANIFEST_TIMEOUT = "MANIFEST_TIMEOUT"
+    MINER_CONNECTION_ERROR = "MINER_CONNECTION_ERROR"
+    MINER_SEND_ERROR = "MINER_SEND_ERROR"
+    MINER_SCORING_ERROR = "MINER_SCORING_ERROR"
+    JOB_NOT_STARTED = "JOB_NOT_STARTED"
+    JOB_REJECTED = "JOB_REJECTED"
+    JOB_EXECUTION_TIMEOUT = "JOB_EXECUTION_TIMEOUT"
+    UNEXPECTED_MESSAGE = "UNEXPECTED_MESSAGE"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    # receipts
+    RECEIPT_FETCH_ERROR = "RECEIPT_FETCH_ERROR"
+    RECEIPT_SEND_ERROR = "RECEIPT_SEND_ERROR"
+    # facilitator link
+    SPECS_SEND_ERROR = "SPECS_SENDING_ERROR"
+    HEARTBEAT_ERROR = "HEARTBEAT_ERROR"
+    # batches and scheduling
+    SYNTHETIC_BATCH = "SYNTHETIC_BATCH"
+    SYNTHETIC_JOB = "SYNTHETIC_JOB"
+    CHECKPOINT = "CHECKPOINT"
+    OVERSLEPT = "OVERSLEPT"
+    FAILED_TO_WAIT = "FAILED_TO_WAIT"
+    # prompts (cross-validation)
+    TRUSTED_MINER_NOT_CONFIGURED = "TRUSTED_MINER_NOT_CONFIGURED"
+    PROMPT_GENERATION_STARTED = "PROMPT_GENERATION_STARTED"
+    PROMPT_SAMPLING_SKIPPED = "PROMPT_SAMPLING_SKIPPED"
+    NEW_WORKLOADS_CREATED = "NEW_WORKLOADS_CREATED"
+    UNPROCESSED_WORKLOADS = "UNPROCESSED_WORKLOADS"
+    LLM_PROMPT_ANSWERS_MISSING = "LLM_PROMPT_ANSWERS_MISSING"
+    LLM_PROMPT_ANSWERS_DOWNLOAD_FAILED = "LLM_PROMPT_ANSWERS_DOWNLOAD_FAILED"
+    INSUFFICIENT_PROMPTS = "INSUFFICIENT_PROMPTS"
+    ERROR_UPLOADING_TO_S3 = "ERROR_UPLOADING_TO_S3"
+    ERROR_DOWNLOADING_FROM_S3 = "ERROR_DOWNLOADING_FROM_S3"
+
+
+_QUIET_SUBTYPES = {
+    SystemEventSubtype.SUCCESS,
+    SystemEventSubtype.CHECKPOINT,
+    SystemEventSubtype.SYNTHETIC_JOB,
+}
+
+
+@dataclass(frozen=True)
+class SystemEventRecord:
+    """One event waiting to be written (batches collect hundreds and write them in one statement)."""
+
+    type: SystemEventType | str
+    subtype: SystemEventSubtype | str
+    description: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _is_problem(type_: str, subtype: str) -> bool:
+    return any(
+        word in f"{type_}/{subtype}" for word in ("FAILURE", "ERROR", "WARNING", "GIVING_UP", "OVERSLEPT")
+    )
+
+
+def _row(event: SystemEventRecord, service: str) -> dict[str, Any]:
+    data = to_jsonable_python(dict(event.data), fallback=str)
+    return {
+        "type": str(event.type),
+        "subtype": str(event.subtype),
+        "long_description": event.description,
+        "data": data,
+        "timestamp": event.timestamp,
+        "service": service,
+    }
+
+
+def _model() -> Any:
+    # Imported late: horde_common.db.models imports every domain model; telemetry must stay importable
+    # (and cheap) for code that only logs.
+    from horde_common.db.models import SystemEvent
+
+    return SystemEvent
+
+
+def _emit(row: dict[str, Any]) -> None:
+    _events_total.add(1, {"type": row["type"], "subtype": row["subtype"], "service": row["service"]})
+    level = logging.WARNING if _is_problem(row["type"], row["subtype"]) else logging.INFO
+    if row["subtype"] in _QUIET_SUBTYPES:
+        level = logging.DEBUG
+    log.log(
+        level,
+        "system_event",
+        type=row["type"],
+        subtype=row["subtype"],
+        description=row["long_description"],
+        data=row["data"],
+    )
+
+
+async def record_events_bulk(
+    session: AsyncSession, events: Iterable[SystemEventRecord], *, service: str | None = None
+) -> int:
+    """Insert `events` in the caller's transaction with one statement; returns how many were written."""
+    svc = service or current_service()
+    rows = [_row(e, svc) for e in events]
+    if not rows:
+        return 0
+    await session.execute(insert(_model()), rows)
+    for row in rows:
+        _emit(row)
+    return len(rows)
+
+
+async def record_event(
+    session: AsyncSession,
+    type: SystemEventType | str,
+    subtype: SystemEventSubtype | str,
+    description: str = "",
+    data: Mapping[str, Any] | None = None,
+    *,
+    service: str | None = None,
+) -> None:
+    """Insert one event in the caller's transaction (it commits with the caller's work)."""
+    await record_events_bulk(
+        session, [SystemEventRecord(type, subtype, description, data or {})], service=service
+    )
+
+
+async def record_event_detached(
+    sessions: async_sessionmaker[AsyncSession],
+    type: SystemEventType | str,
+    subtype: SystemEventSubtype | str,
+    description: str = "",
+    data: Mapping[str, Any] | None = None,
+    *,
+    service: str | None = None,
+) -> None:
+    """Insert and commit one event in its own transaction, so a rollback of the caller keeps it."""
+    async with sessions.begin() as session:
+        await record_event(session, type, subtype, description, data, service=service)
