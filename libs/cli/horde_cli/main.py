@@ -165,5 +165,15 @@ def _where_table(topo: Topology) -> Table:
     return table
 
 
+@debug_app.command("run-synthetic-jobs")
+def debug_run_synthetic_jobs(
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """Run one synthetic batch against the DEBUG_MINER_* miners (no scheduler, no chain)."""
+    from horde_cli.debug_synthetic import run_synthetic_jobs_command
+
+    run_synthetic_jobs_command(json_output)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,160 @@
+"""`horde debug run-synthetic-jobs`: one synthetic batch against debug miners, in this process.
+
+Reads `DEBUG_MINER_KEY`, `DEBUG_MINER_ADDRESS` (default 127.0.0.1), `DEBUG_MINER_PORT` and
+`DEBUG_MINER_COUNT` (N miners on consecutive ports). Hotkeys: a comma-separated `DEBUG_MINER_KEY`
+gives one per miner; a single key with N = 1 is that miner's; a single key with N > 1 means the
+localnet dev miners `//horde-miner-0 .. //horde-miner-{N-1}` (the simulator fleet), see
+`horde_job_runner.synthetic.debug_run`.
+
+No scheduler and no chain: the validator key comes from the usual settings (`HOTKEY_SEED` or the
+wallet), the database from `DATABASE_URL` (created and migrated if needed). A live progress display
+goes to stderr; the jobs go to stdout as a table, or with `--json` as one JSON object
+`{"jobs": [{job_uuid, executor_class, status, score, comment}, ...]}`. The exit status is 0 when
+the batch ran and was stored, whatever the miners did; 1 when it could not run or be stored;
+2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Mapping
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from horde_common.config import ConfigError, get_settings
+
+__all__ = ["run_synthetic_jobs_command"]
+
+_STAGE_LABELS = {
+    "_db_get_previous_online_executor_count": "reading the previous batch",
+    "_multi_get_miner_manifest": "connecting, authenticating, waiting for manifests",
+    "_get_total_executor_count": "counting executors",
+    "_generate_jobs": "generating jobs",
+    "_multi_send_initial_job_request": "initial job requests, waiting for executors",
+    "_report_ready": "executors ready",
+    "_wait_for_release": "releasing",
+    "_multi_send_job_request": "job requests sent, waiting for answers",
+    "_score_jobs": "scoring",
+    "_send_job_finished_receipts": "sending job-finished receipts",
+    "_multi_close_client": "closing connections",
+    "_db_persist": "storing results",
+}
+
+
+class _Progress:
+    """A `ProgressListener` drawing one live line on stderr."""
+
+    def __init__(self, live: Live | None) -> None:
+        self.live = live
+        self.stage_name = "starting"
+        self.last: Mapping[str, int] = {}
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self.stage_name = _STAGE_LABELS.get(name, name)
+        self._draw()
+
+    def counts(self, counts: Mapping[str, int]) -> None:
+        self.last = dict(counts)
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.live is None:
+            return
+        c = self.last
+        line = (
+            f"[bold]{self.stage_name}[/]  miners {c.get('manifests', 0)}/{c.get('miners', 0)} with manifest · "
+            f"jobs {c.get('jobs', 0)} · accepted {c.get('accepted', 0)} · ready {c.get('ready', 0)} · "
+            f"answers {c.get('answers', 0)}/{c.get('job_requests', 0)}"
+        )
+        self.live.update(line)
+
+
+def _jobs_table(jobs: list[dict[str, object]], batch_id: int) -> Table:
+    table = Table(title=f"synthetic batch {batch_id}", title_justify="left")
+    for column in ("job_uuid", "class", "status", "score", "comment"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        status = str(job["status"])
+        style = "green" if status == "COMPLETED" else "red"
+        table.add_row(
+            str(job["job_uuid"]),
+            str(job["executor_class"]),
+            f"[{style}]{status}[/]",
+            f"{float(job['score']):.6g}",  # type: ignore[arg-type]
+            str(job["comment"]),
+        )
+    return table
+
+
+def run_synthetic_jobs_command(json_output: bool) -> None:
+    """The command body (registered by `horde_cli.main` as `horde debug run-synthetic-jobs`)."""
+    err = Console(stderr=True)
+    out = Console()
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+    from horde_common.crypto import load_hotkey
+    from horde_common.telemetry import configure_logging
+    from horde_job_runner.synthetic.debug_run import DebugConfigError, debug_miners, run_debug_batch
+    from horde_localnet import keys
+
+    configure_logging("cli", "ERROR", stream=sys.stderr)
+    try:
+        miners = debug_miners(settings, dev_miner_hotkey=lambda i: keys.miner_keypair(i).ss58_address)
+        keypair = load_hotkey(settings)
+    except (DebugConfigError, ConfigError) as exc:
+        err.print(f"[red]config error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+    from horde_cli import database
+
+    url = settings.database_url
+    ok, why = database.wait_for_database(url.rsplit("/", 1)[0] + "/postgres", 30)
+    if not ok:
+        err.print(f"[red]database unreachable:[/] {why}")
+        raise typer.Exit(1)
+    database.ensure_database(url)
+
+    err.print(
+        f"validator {keypair.ss58_address} → {len(miners)} miner(s) at "
+        f"{miners[0].address}:{miners[0].port}{'..' + str(miners[-1].port) if len(miners) > 1 else ''}",
+        highlight=False,
+    )
+    try:
+        with Live("starting…", console=err, transient=True, refresh_per_second=8) as live:
+            batch = asyncio.run(run_debug_batch(settings, keypair, miners, progress=_Progress(live)))
+    except Exception as exc:
+        err.print(f"[red]the batch could not run:[/] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+    jobs = [j.as_json() for j in batch.jobs]
+    if json_output:
+        payload = {
+            "batch_id": batch.batch_id,
+            "jobs": [
+                {
+                    k: j[k]
+                    for k in ("job_uuid", "executor_class", "status", "score", "comment", "miner_hotkey")
+                }
+                for j in jobs
+            ],
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
+    else:
+        out.print(_jobs_table(jobs, batch.batch_id))
+    result = batch.result
+    if not result.persisted:
+        err.print(f"[red]the batch results were not stored:[/] {result.error}", highlight=False)
+        raise typer.Exit(1)
+    if not result.ok:
+        err.print(f"[yellow]validator-side failure during the batch:[/] {result.error}", highlight=False)
+    err.print(f"batch {batch.batch_id}: {len(jobs)} job(s) stored", highlight=False)

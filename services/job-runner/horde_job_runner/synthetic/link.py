@@ -1,0 +1,244 @@
+"""One miner of a shard: its transport, its sans-I/O `MinerSession`, and the reader that feeds it.
+
+The link turns frames into job-state changes and tells the shard run about them (`LinkListener`).
+It never decides anything about scoring; it records what happened and when, on the validator's
+clock: every frame is stamped the moment the reader takes it from the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from horde_common.bus.messages import MinerEndpoint
+from horde_common.protocol.miner.events import (
+    ExecutorFailed,
+    ExecutorReady,
+    IgnoredMessage,
+    IgnoreReason,
+    JobAccepted,
+    JobDeclined,
+    JobFailed,
+    JobFinished,
+    MachineSpecsReceived,
+    ManifestReceived,
+    MinerError,
+    SessionEvent,
+    Unauthorized,
+)
+from horde_common.protocol.miner.miner_messages import ExecutorManifest
+from horde_common.protocol.miner.parsing import dumps
+from horde_common.protocol.miner.session import MinerSession
+from horde_job_runner.synthetic.model import Clock, JobState
+from horde_job_runner.synthetic.transport import (
+    MinerConnectionError,
+    MinerTransport,
+    Sleep,
+    TransportFactory,
+    TransportSettings,
+)
+
+__all__ = ["LinkListener", "MinerLink"]
+
+
+class LinkListener(Protocol):
+    """What the shard run hears from a link (all called on the event loop, never awaited)."""
+
+    def on_manifest(self, link: MinerLink) -> None: ...
+
+    def on_accepted(self, link: MinerLink, job: JobState, at: datetime) -> None: ...
+
+    def on_spin_up_resolved(self, link: MinerLink, job: JobState) -> None: ...
+
+    def on_final(self, link: MinerLink, job: JobState) -> None: ...
+
+    def on_miner_event(
+        self, link: MinerLink, subtype: str, description: str, data: dict[str, Any]
+    ) -> None: ...
+
+    def on_link_failure(self, link: MinerLink, exc: BaseException, where: str) -> None: ...
+
+
+class MinerLink:
+    def __init__(
+        self,
+        endpoint: MinerEndpoint,
+        session: MinerSession,
+        *,
+        clock: Clock,
+        listener: LinkListener,
+        transport_factory: TransportFactory,
+        transport_settings: TransportSettings,
+        sleep: Sleep,
+        rng: Callable[[], float],
+    ) -> None:
+        self.endpoint = endpoint
+        self.session = session
+        self.hotkey = endpoint.hotkey
+        self.address = endpoint.address
+        self.port = endpoint.port
+        self.name = session.name
+        self._clock = clock
+        self._listener = listener
+        self.jobs: dict[str, JobState] = {}
+        self.manifest: ExecutorManifest | None = None
+        self.manifest_event = asyncio.Event()
+        self.closed_by_us = False
+        self.connection_error: str | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.transport: MinerTransport = transport_factory(
+            session.url(),
+            name=self.name,
+            hello=self._hello,
+            on_reconnect=self._on_reconnect,
+            on_error=self._on_transport_error,
+            settings=transport_settings,
+            sleep=sleep,
+            rng=rng,
+        )
+
+    @property
+    def ip_version(self) -> int:
+        try:
+            return ipaddress.ip_address(self.address).version
+        except ValueError:
+            return 4
+
+    # --- transport callbacks --------------------------------------------------------------------
+
+    def _hello(self) -> str:
+        (auth,) = self.session.connected(self._clock.now())
+        return dumps(auth)
+
+    def _on_reconnect(self) -> None:
+        self.session.disconnected(self._clock.now())
+
+    def _on_transport_error(self, func: str, exc: BaseException) -> None:
+        if self.closed_by_us:
+            return
+        subtype = "MINER_SEND_ERROR" if func == "send" else "MINER_CONNECTION_ERROR"
+        self._listener.on_miner_event(
+            self, subtype, f"{func} failed: {type(exc).__name__}: {exc}", {"func": func}
+        )
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (authenticating) and start reading. Raises `MinerConnectionError`."""
+        await self.transport.connect()
+        self.reader = asyncio.get_running_loop().create_task(self._read_loop(), name=f"read {self.hotkey}")
+
+    async def close(self, grace_s: float) -> None:
+        self.closed_by_us = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self.reader is not None:
+            self.reader.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(self.transport.close(), grace_s)
+        pending = [t for t in (*self._tasks, self.reader) if t is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+
+    def spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def send(self, frame: str | bytes) -> None:
+        await self.transport.send(frame)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frame = await self.transport.recv()
+                self._on_frame(frame)
+        except MinerConnectionError as exc:
+            if not self.closed_by_us:
+                self.connection_error = str(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug on our side: never the miner's fault
+            if not self.closed_by_us:
+                self._listener.on_link_failure(self, exc, "read")
+
+    def _on_frame(self, frame: str | bytes) -> None:
+        now = self._clock.now()
+        mono = self._clock.monotonic()
+        received = self.session.receive(frame, now)
+        for event in received.events:
+            self._on_event(event, mono)
+        for message in received.outgoing:
+            self.spawn(self._send_quietly(dumps(message)))
+        if received.close:
+            self.spawn(self._close_requested())
+
+    async def _send_quietly(self, frame: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.transport.send(frame), 5.0)
+
+    async def _close_requested(self) -> None:
+        """The miner said we are unknown/inactive: close our side (spec A §1.8); no reconnects."""
+        self.closed_by_us = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.transport.close(), 1.0)
+        self.manifest_event.set()  # wake the manifest wait: there will be none
+
+    def _on_event(self, event: SessionEvent, mono: float) -> None:
+        listener = self._listener
+        if isinstance(event, ManifestReceived):
+            self.manifest = event.manifest
+            self.manifest_event.set()
+            listener.on_manifest(self)
+            return
+        if isinstance(event, MinerError):
+            listener.on_miner_event(self, str(event.subtype), event.details or "", {})
+            return
+        if isinstance(event, Unauthorized):
+            listener.on_miner_event(self, "UNAUTHORIZED", f"{event.code}: {event.details or ''}", {})
+            return
+        if isinstance(event, IgnoredMessage):
+            if event.reason is IgnoreReason.INTERNAL_ERROR:
+                listener.on_link_failure(self, RuntimeError("MinerSession internal error"), "session")
+            return
+        job_uuid = getattr(event, "job_uuid", None)
+        job = self.jobs.get(job_uuid) if job_uuid is not None else None
+        if job is None:
+            return
+        if isinstance(event, JobAccepted):
+            job.accepted = True
+            job.accept_mono = mono
+            listener.on_accepted(self, job, event.at)
+        elif isinstance(event, JobDeclined):
+            job.declined = True
+            job.accept_mono = mono
+            listener.on_spin_up_resolved(self, job)
+        elif isinstance(event, ExecutorReady):
+            job.executor_ready = True
+            job.executor_mono = mono
+            listener.on_spin_up_resolved(self, job)
+        elif isinstance(event, ExecutorFailed):
+            job.executor_failed = True
+            job.executor_mono = mono
+            listener.on_spin_up_resolved(self, job)
+        elif isinstance(event, JobFinished | JobFailed):
+            job.final_kind = "finished" if isinstance(event, JobFinished) else "failed"
+            job.final_mono = mono
+            job.final_at = event.at
+            job.final_before_job_request = job.job_before_sent_mono is None
+            msg = event.message
+            job.stdout = msg.docker_process_stdout
+            job.stderr = msg.docker_process_stderr
+            if isinstance(event, JobFailed):
+                job.exit_status = event.message.docker_process_exit_status
+            listener.on_final(self, job)
+        elif isinstance(event, MachineSpecsReceived):
+            job.machine_specs = event.message.specs.model_dump(mode="json")
