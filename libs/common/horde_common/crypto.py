@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from bittensor.sp_core import Keypair
+    from bittensor_core import Keypair
 
 __all__ = [
     "canonical_json",
@@ -49,7 +49,7 @@ class _WalletSettings(Protocol):
 
 
 def _keypair_cls() -> type[Keypair]:
-    from bittensor.sp_core import Keypair
+    from bittensor_core import Keypair
 
     return Keypair
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import bittensor as bt
 import pytest
-from bittensor.sp_core import Keypair
+from bittensor_core import Keypair
 
 from horde_common.chain import ChainError, LocalChainClient, make_chain
 from horde_common.chain.bittensor_chain import BittensorChain, neuron_from_sdk, parse_axon

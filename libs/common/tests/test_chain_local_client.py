@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from bittensor.sp_core import Keypair
+from bittensor_core import Keypair
 
 from horde_common.chain import ChainError, LocalChainClient
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from bittensor.sp_core import Keypair
+from bittensor_core import Keypair
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from bittensor.sp_core import Keypair
+from bittensor_core import Keypair
 
 VALIDATOR_URI = "//horde-validator-{i}"
 MINER_URI = "//horde-miner-{i}"

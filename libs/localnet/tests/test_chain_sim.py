@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bittensor.sp_core import Keypair
+from bittensor_core import Keypair
 
 from horde_common.chain import ChainError, LocalChainClient, Neuron
 from horde_common.chain.local_models import SetWeightsRequest

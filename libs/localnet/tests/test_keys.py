@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from bittensor.sp_core import Keypair, verify
+from bittensor_core import Keypair, verify
 
 from horde_localnet import keys
 

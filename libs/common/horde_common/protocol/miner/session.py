@@ -65,7 +65,7 @@ from .validator_messages import (
 )
 
 if TYPE_CHECKING:
-    from bittensor.sp_core import Keypair
+    from bittensor_core import Keypair
 
 logger = logging.getLogger(__name__)
 
