@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-import horde_common.db.models  # noqa: F401
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from horde_common.db import migrate
-from horde_common.db.base import Base
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+import horde_common.db.models  # noqa: F401
+from horde_common.db import migrate
+from horde_common.db.base import Base
 
 EXPECTED_TABLES = {
     "neurons",

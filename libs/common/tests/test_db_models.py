@@ -7,6 +7,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from horde_common.db import create_engine, session_factory
 from horde_common.db.models import (
     DEFAULT_EXECUTOR_CLASS,
@@ -31,9 +35,6 @@ from horde_common.db.models import (
     Weights,
     WeightsStatus,
 )
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 NOW = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -10,6 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from horde_common.db import create_engine, session_factory
 from horde_common.db.models import DynamicConfigEntry
 from horde_common.dynamic_config import (
@@ -24,8 +27,6 @@ from horde_common.dynamic_config import (
     refresh_from_source,
     refresh_from_sources,
 )
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 NOW = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import horde_common.db.models  # noqa: F401  (registers every table)
 from alembic import context
-from horde_common.db.base import Base
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+import horde_common.db.models  # noqa: F401  (registers every table)
+from horde_common.db.base import Base
 
 config = context.config
 target_metadata = Base.metadata
