@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
+
 from horde_common.config import HashcatDifficulty
 from horde_job_runner.generators import (
     ALGORITHMS,

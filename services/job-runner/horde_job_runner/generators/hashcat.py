@@ -33,6 +33,7 @@ from enum import IntEnum
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
 from horde_common.config import HashcatDifficulty
 
 from .base import PRESET_NVIDIA_ALL, Entropy, JobGenerator, Verdict, Volume, random_chars

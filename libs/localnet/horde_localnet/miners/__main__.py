@@ -1,0 +1,149 @@
+"""`python -m horde_localnet.miners`: run a miner fleet until interrupted.
+
+Without arguments the fleet is the one the default localnet metagraph file describes
+(`horde_localnet/metagraph.yaml`); flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .behaviours import Behaviour, BehaviourSpec
+
+
+def _pairs(text: str, what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{what}: expected KEY=VALUE, got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def _executors(text: str) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in _pairs(text, "--executors")}
+    except ValueError:
+        raise argparse.ArgumentTypeError("--executors: counts must be integers") from None
+
+
+def _behaviour(text: str) -> tuple[int, BehaviourSpec]:
+    index, sep, spec = text.partition("=")
+    if not sep or not index.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"--behaviour: expected INDEX=NAME[:DELAY], got {text!r}")
+    try:
+        return int(index), BehaviourSpec.parse(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m horde_localnet.miners", description=__doc__)
+    p.add_argument("--metagraph", help="localnet metagraph YAML (default: the packaged metagraph.yaml)")
+    p.add_argument("--count", type=int, help="number of miners (dev keys 0..count-1)")
+    p.add_argument("--base-port", type=int, help="miner i listens on base-port + i")
+    p.add_argument("--host", help="address to bind (default from the metagraph, 127.0.0.1)")
+    p.add_argument(
+        "--executors",
+        type=_executors,
+        help="executors per miner, e.g. spin_up-4min.gpu-24gb=2,always_on.llm.a6000=1",
+    )
+    p.add_argument(
+        "--behaviour",
+        type=_behaviour,
+        action="append",
+        default=[],
+        metavar="INDEX=NAME[:DELAY]",
+        help=f"per-miner behaviour ({', '.join(b.value for b in Behaviour)}); repeatable",
+    )
+    p.add_argument(
+        "--known-validator",
+        action="append",
+        default=None,
+        metavar="SS58",
+        help="accept this validator (repeatable; default: the metagraph's validators)",
+    )
+    p.add_argument("--any-validator", action="store_true", help="accept every validator")
+    p.add_argument("--spin-up-delay", type=float, default=0.0, help="seconds from accept to ready")
+    p.add_argument(
+        "--executor-wait", type=float, default=None, help="seconds a reservation waits (default 360)"
+    )
+    p.add_argument("--cpu-workers", type=int, default=0, help="crack in N worker processes (0: threads)")
+    p.add_argument(
+        "--run-scripts", action="store_true", help="run the validator's raw_script in a subprocess"
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def _serve(fleet: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    for m in fleet.miners:
+        print(f"miner {m.index} {m.hotkey} ws://{m.host}:{m.port} {m.config.behaviour}", flush=True)
+    print(f"{len(fleet.miners)} miners running; Ctrl-C to stop", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await fleet.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    from horde_localnet.chain_spec import SpecError, load_spec
+    from horde_localnet.config import DEFAULT_METAGRAPH_PATH
+
+    from .fleet import MinerFleet
+
+    try:
+        spec = load_spec(args.metagraph or DEFAULT_METAGRAPH_PATH)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, Any] = {
+        "spin_up_delay": args.spin_up_delay,
+        "executor_wait": args.executor_wait,
+        "cpu_workers": args.cpu_workers,
+        "run_scripts": args.run_scripts,
+    }
+    if args.count is not None:
+        overrides["count"] = args.count
+    if args.base_port is not None:
+        overrides["base_port"] = args.base_port
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.executors is not None:
+        overrides["executors"] = args.executors
+    if args.behaviour:
+        base = dict((spec.miners.model_extra or {}).get("behaviours") or {})
+        overrides["behaviours"] = {**base, **dict(args.behaviour)}
+    if args.any_validator:
+        overrides["known_validators"] = None
+    elif args.known_validator:
+        overrides["known_validators"] = args.known_validator
+    try:
+        fleet = MinerFleet.from_spec(spec, **overrides)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(fleet))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
