@@ -21,7 +21,7 @@ import httpx
 
 from horde_common.service_ports import SERVICE_PORTS, service_module
 from horde_localnet.config import Topology
-from horde_localnet.keys import validator_hotkey, validator_seed
+from horde_localnet.keys import validator_seed
 
 STATE_DIR = Path(".horde")
 STATE_FILE = STATE_DIR / "localnet.json"
@@ -100,16 +100,7 @@ def children(topo: Topology) -> list[ChildSpec]:
 
 def miner_fleet_args(topo: Topology) -> list[str]:
     """Arguments of `python -m horde_localnet.miners` for the fleet the metagraph lists."""
-    return [
-        "--host",
-        topo.host,
-        "--count",
-        str(topo.miner_count),
-        "--base-port",
-        str(topo.miner_base_port),
-        "--known-validator",
-        validator_hotkey(topo.validator_index),
-    ]
+    return ["--metagraph", str(topo.metagraph_path), "--host", topo.host]
 
 
 def _port_open(host: str, port: int) -> bool:
