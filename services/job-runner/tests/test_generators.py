@@ -408,3 +408,14 @@ def test_llm_job_shape_and_verification() -> None:
     assert gen.verify("", 1.0) == (False, "results does not match expected answers", 0.0)
     gen.set_answers({"What is 2+2?": "4", "other": "x"})
     assert gen.verify("", 1.0) == (True, "", 1.0)
+
+
+def test_generators_pickle_compactly() -> None:
+    """Generators are built in worker processes and shipped back: only the zipped payload travels."""
+    gen = make_generator(CLASS_SPIN_UP_4MIN_GPU_24GB, 4, HOTKEY, rng=random.Random(8), now=NOW)
+    assert isinstance(gen, HashcatJobGenerator)
+    assert gen.payload() == unzip_volume(gen.volume())["payload.txt"]
+    copy = pickle.loads(pickle.dumps(gen))
+    assert _fingerprint(copy) == _fingerprint(gen)
+    assert copy.verify(gen.expected_answer, 1.0).correct
+    assert len(pickle.dumps(gen)) < 1.3 * len(gen.volume()["contents"])

@@ -275,7 +275,7 @@ class HashcatJobGenerator(JobGenerator):
             for alg, salt, passwords in zip(self.algorithms, self.salts, self.passwords, strict=True)
         ]
         if self.flavour is HashcatFlavour.V0:
-            self.payload: bytes = hash_lists[0].encode("ascii")
+            payload = hash_lists[0].encode("ascii")
             self.expected_answer = self.passwords[0][0]
         else:
             timestamp = int(now.timestamp()) if now is not None else 0
@@ -301,9 +301,10 @@ class HashcatJobGenerator(JobGenerator):
                 "num_letters": [p.num_letters for p in self.params],
                 "num_digits": [p.num_digits for p in self.params],
             }
-            self.payload = pickle.dumps(job, protocol=4)
+            payload = pickle.dumps(job, protocol=4)
             self.expected_answer = answer_for(list(self.passwords))
-        self._volume_contents = single_file_zip_b64(PAYLOAD_FILE, self.payload)
+        # Only the zipped form is kept: it is what is sent, and generators travel between processes.
+        self._volume_contents = single_file_zip_b64(PAYLOAD_FILE, payload)
         self._timeout = max(p.timeout for p in self.params)
 
     # --- what is sent ---
@@ -355,6 +356,12 @@ class HashcatJobGenerator(JobGenerator):
 
     def volume_in_initial_req(self) -> bool:
         return self.flavour is HashcatFlavour.V2
+
+    def payload(self) -> bytes:
+        """The `payload.txt` inside the volume (decoded on demand)."""
+        raw = base64.b64decode(self._volume_contents)
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            return zf.read(PAYLOAD_FILE)
 
     def timeout_seconds(self) -> int:
         return self._timeout
