@@ -12,6 +12,7 @@ from horde_common.bus import BusRouter, HandlerContext
 from horde_common.bus.messages import BatchShardCompleted, BatchShardReady
 from horde_common.service import ServiceSpec
 from horde_common.service_ports import SERVICE_PORTS
+from horde_scheduler.dynamic_config_refresh import dynamic_config_view, refresh_loop
 
 log = structlog.get_logger(__name__)
 router = BusRouter()
@@ -29,4 +30,10 @@ async def on_shard_completed(msg: BatchShardCompleted, ctx: HandlerContext) -> N
     log.info("batch.shard.completed", batch_id=msg.batch_id, shard=msg.shard_index)
 
 
-SPEC = ServiceSpec(name="scheduler", port=SERVICE_PORTS["scheduler"], router=router)
+SPEC = ServiceSpec(
+    name="scheduler",
+    port=SERVICE_PORTS["scheduler"],
+    router=router,
+    loops=[refresh_loop],
+    debug_views={"dynamic-config": dynamic_config_view},
+)
