@@ -112,6 +112,17 @@ async def run_shard(request: ShardRequest, deps: BatchDeps) -> ShardResult:
     return await _ShardRun(request, deps).run()
 
 
+async def _drain() -> None:
+    """Let frames that already reached our socket be read before a phase is judged.
+
+    After a deadline (or a stall of ours) the loop may not have polled the sockets yet; a few
+    iterations let the transports and readers take what arrived. Their receive stamps are what
+    they are: a late stamp is judged late (and excused if we stalled).
+    """
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 class _SendPacer:
     """Shared by every writer: yield to the loop once per `slice_s` of back-to-back sends."""
 
@@ -192,7 +203,12 @@ class _ShardRun:
             with contextlib.suppress(Exception):
                 self.deps.progress.stage(name)
                 self.deps.progress.counts(self._progress_counts())
-        if hook and self.deps.fault is not None:
+        if hook:
+            await self._hook(name)
+
+    async def _hook(self, name: str) -> None:
+        """Test seam: `deps.fault(name)` may raise (a validator bug) or block (a stall)."""
+        if self.deps.fault is not None:
             outcome = self.deps.fault(name)
             if inspect.isawaitable(outcome):
                 await outcome
@@ -320,9 +336,10 @@ class _ShardRun:
             await self._stage("_multi_close_client", hook=False)
             await self._close_all()
             await self._stage("_db_persist", hook=False)
+            # Stored with the rows: the reference wrote BATCH_END after them, in a transaction of its own.
+            self._event(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_END", stage="BATCH_END")
             await self._persist()
             self.result.stats["finished_mono"] = self.clock.monotonic()
-            self._event(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_END", stage="BATCH_END")
         except asyncio.CancelledError:
             await asyncio.shield(self._close_all())
             raise
@@ -598,6 +615,7 @@ class _ShardRun:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.spinup_done.wait(), remaining)
+        await _drain()
         for writer in writers:
             writer.cancel()
 
@@ -777,6 +795,8 @@ class _ShardRun:
             for hotkey, jobs in per_link.items()
         ]
         extra = self.t.job_wait_extra
+        await asyncio.sleep(0)  # let the writers send
+        await self._hook("_await_job_responses")
         while self.final_pending:
             horizon = release_mono
             for job in self.final_pending:
@@ -789,6 +809,7 @@ class _ShardRun:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.final_done.wait(), remaining)
+        await _drain()
         for writer in writers:
             writer.cancel()
         sent = [j.job_before_sent_mono for j in eligible if j.job_before_sent_mono is not None]
@@ -896,8 +917,10 @@ class _ShardRun:
                 reason = NoFinalReason.DECLINED
             elif job.executor_failed:
                 reason = NoFinalReason.EXECUTOR_FAILED
-            elif job.initial_sent_mono is None or (job.executor_ready and job.job_before_sent_mono is None):
+            elif job.initial_sent_mono is None:
                 reason = NoFinalReason.NOT_SENT
+            elif job.job_before_sent_mono is None and job.executor_ready and not self._late_ready(job):
+                reason = NoFinalReason.NOT_SENT  # ready in time, but the link failed us at the send
             else:
                 reason = NoFinalReason.TIMED_OUT
             return score_job(final=None, no_final_reason=reason, timeout=job.timeout)
@@ -923,6 +946,15 @@ class _ShardRun:
             time_took=time_took,
             timeout=job.timeout,
             verify=verify,
+        )
+
+    @staticmethod
+    def _late_ready(job: JobState) -> bool:
+        """Ready only after its spin-up window (e.g. the miner waited for a busy executor)."""
+        return (
+            job.executor_mono is not None
+            and job.window_end_mono is not None
+            and job.executor_mono > job.window_end_mono
         )
 
     def _window(self, job: JobState) -> tuple[float, float]:

@@ -158,7 +158,7 @@ class MinerLink:
 
     async def _read_loop(self) -> None:
         try:
-            while True:
+            while not self.closed_by_us:
                 frame = await self.transport.recv()
                 self._on_frame(frame)
         except MinerConnectionError as exc:
@@ -179,6 +179,7 @@ class MinerLink:
         for message in received.outgoing:
             self.spawn(self._send_quietly(dumps(message)))
         if received.close:
+            self.closed_by_us = True  # no reconnects, no error events from here on
             self.spawn(self._close_requested())
 
     async def _send_quietly(self, frame: str) -> None:

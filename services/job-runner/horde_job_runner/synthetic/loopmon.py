@@ -29,6 +29,7 @@ class LoopMonitor:
     total_lag: float = 0.0
     ticks: int = 0
     _task: asyncio.Task[None] | None = None
+    _expected: float | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -44,6 +45,7 @@ class LoopMonitor:
     async def _run(self) -> None:
         while True:
             expected = self.monotonic() + self.interval
+            self._expected = expected
             await asyncio.sleep(self.interval)
             now = self.monotonic()
             lag = max(0.0, now - expected)
@@ -62,7 +64,14 @@ class LoopMonitor:
     def stalled_within(self, start: float, end: float) -> float:
         """Seconds of stall overlapping `[start, end]` (as far as observed until now)."""
         total = 0.0
-        for s, e in self.stalls:
+        stalls = list(self.stalls)
+        # A stall still going on (we are being called from inside it, or right after it, before the
+        # ticker could run): from the ticker's missed wake-up until now.
+        if self._task is not None and self._expected is not None:
+            now = self.monotonic()
+            if now - self._expected > self.threshold:
+                stalls.append((self._expected, now))
+        for s, e in stalls:
             lo, hi = max(s, start), min(e, end)
             if hi > lo:
                 total += hi - lo

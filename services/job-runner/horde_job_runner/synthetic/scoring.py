@@ -71,12 +71,15 @@ class FinalKind(StrEnum):
 
 
 class NoFinalReason(StrEnum):
-    """Why a job has no final response (stored as the comment; the reference said "timed out")."""
+    """Why a job has no final response (stored as the comment; the reference said "timed out").
+
+    NOT_SENT: our request never reached the miner because its connection failed (a miner fault).
+    """
 
     DECLINED = "declined"
     EXECUTOR_FAILED = "executor failed"
     TIMED_OUT = "timed out"
-    NOT_SENT = "job request not sent"
+    NOT_SENT = "not sent"
 
 
 Verifier = Callable[[str, float], tuple[bool, str, float]]

@@ -190,15 +190,11 @@ class WebSocketTransport:
                 continue
             self._opened_at = time.monotonic()
             if self._hello is not None:
-                try:
+                # If the miner already closed (e.g. "Unknown validator", then close), the send fails
+                # but what it said before closing is still buffered: return the connection anyway,
+                # the reader gets those frames first and then finds the link closed.
+                with contextlib.suppress(*_LINK_ERRORS):
                     await ws.send(self._hello())
-                except _LINK_ERRORS as exc:
-                    last = exc
-                    self.connect_failures += 1
-                    await _abort(ws)
-                    if n < attempts:
-                        await self._sleep(backoff_delay(n, self._rng))
-                    continue
             return ws
         if self._closed:
             raise MinerConnectionError(f"{self.name}: transport closed")
