@@ -353,6 +353,16 @@ async def test_broadcast_reaches_every_replica(
     assert {await asyncio.wait_for(got.get(), T), await asyncio.wait_for(got.get(), T)} == {"a", "b"}
 
 
+async def test_unroutable_work_message_fails_but_a_broadcast_nobody_hears_does_not(
+    channel: AbstractChannel, make_broker: Callable[..., Broker]
+) -> None:
+    producer = make_broker("scheduler", db=False)
+    await producer.connect()
+    with pytest.raises(aio_pika.exceptions.PublishError):
+        await producer.publish_raw("no.such.key", b"{}", message_id=uuid.uuid4(), headers={})
+    await producer.publish(BatchReleased(batch_id=1, released_at=datetime.now(UTC)))  # no replica up
+
+
 # --- outbox ---------------------------------------------------------------------------------------
 
 
