@@ -26,7 +26,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
-from aiormq import spec
+from aiormq import spec as amqp_spec
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -155,7 +155,7 @@ class Broker:
         """Publish an already encoded message (the outbox relay's path; headers carry the trace)."""
         if self._publish_channel is None:
             raise RuntimeError("Broker.connect() first")
-        properties = spec.Basic.Properties(
+        properties = amqp_spec.Basic.Properties(
             content_type="application/json",
             delivery_mode=int(DeliveryMode.PERSISTENT),
             headers=dict(headers),
@@ -163,20 +163,21 @@ class Broker:
             message_type=routing_key,
             app_id=self.service,
         )
-        channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
         # Straight to aiormq: `wait=False` enqueues the frame without holding the channel lock until
         # the socket drained (aio-pika's Exchange.publish does), so concurrent publishes share one
         # write and their confirms pipeline. The broker's confirm is still awaited: that is the
         # guarantee. Nobody may be listening for a broadcast; for work queues unroutable is a bug.
-        await channel.basic_publish(
-            body,
-            exchange=EXCHANGE,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=routing_key not in BROADCAST_ROUTING_KEYS,
-            timeout=self._publish_timeout_s,
-            wait=False,
-        )
+        # The timeout also bounds waiting for a reconnecting channel (the relay holds row locks).
+        async with asyncio.timeout(self._publish_timeout_s):
+            channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+            await channel.basic_publish(
+                body,
+                exchange=EXCHANGE,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=routing_key not in BROADCAST_ROUTING_KEYS,
+                wait=False,
+            )
 
     def kick_outbox(self) -> None:
         """Ask the relay to publish now (after committing outbox rows outside a handler)."""
@@ -194,8 +195,9 @@ class Broker:
             await self._consume_channel.set_qos(prefetch_count=self._prefetch)
             exchange = await declare_exchanges(self._consume_channel)
             for route in router.routes.values():
-                spec = QUEUES[route.queue]
-                queue = await declare_queue(self._consume_channel, exchange, spec, self.instance_id)
+                queue = await declare_queue(
+                    self._consume_channel, exchange, QUEUES[route.queue], self.instance_id
+                )
                 tag = await queue.consume(self._consumer(route, queue.name))
                 self._consumers.append((queue, tag))
         if self.relay is not None and self._relay_task is None:
@@ -229,9 +231,9 @@ class Broker:
             await self._settle(route.queue, message, "dead-lettered")
             return
 
-        spec = QUEUES[route.queue]
-        limit = MAX_DELIVERIES if spec.quorum else CLASSIC_MAX_DELIVERIES
-        if spec.quorum:
+        quorum = QUEUES[route.queue].quorum
+        limit = MAX_DELIVERIES if quorum else CLASSIC_MAX_DELIVERIES
+        if quorum:
             delivery_count = int(headers.get("x-delivery-count") or 0) + 1
         else:
             delivery_count = 2 if message.redelivered else 1
@@ -260,7 +262,7 @@ class Broker:
                 )
                 if delivery_count >= limit:
                     # Quorum queue: this nack exceeds the delivery limit, RabbitMQ dead-letters it.
-                    await self._settle(route.queue, message, "dead-lettered", quorum=spec.quorum)
+                    await self._settle(route.queue, message, "dead-lettered", quorum=quorum)
                     return
                 # Back off before requeueing, so a DB blip does not burn all deliveries in milliseconds.
                 delay = min(self._retry_delay_s * 2 ** (delivery_count - 1), self._max_retry_delay_s)
@@ -342,6 +344,12 @@ class Broker:
             except Exception:
                 log.exception("bus.relay_failed")
             self._relay_task = None
+            if self.relay is not None and self.is_connected:
+                # Rows committed by the last handlers go out now rather than after the restart.
+                try:
+                    await asyncio.wait_for(self.relay.publish_pending(), self._publish_timeout_s)
+                except Exception as exc:
+                    log.warning("bus.final_relay_failed", error=f"{type(exc).__name__}: {exc}")
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()

@@ -93,7 +93,8 @@ class OutboxRelay:
                 await session.scalars(
                     select(OutboxMessage)
                     .where(OutboxMessage.published_at.is_(None))
-                    .order_by(OutboxMessage.id)
+                    # Rows that keep failing go behind fresh ones instead of starving them.
+                    .order_by(OutboxMessage.attempts, OutboxMessage.id)
                     .limit(self._batch_size)
                     .with_for_update(skip_locked=True)
                 )
