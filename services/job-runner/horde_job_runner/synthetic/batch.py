@@ -36,7 +36,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -299,7 +299,34 @@ class _ShardRun:
             )
 
     def on_accepted(self, link: MinerLink, job: JobState, at: datetime) -> None:
-        link.spawn(self._send_accepted_receipt(link, job, at))
+        """Sign the JobAccepted receipt now and queue it on the link's writer (5 s to go out)."""
+        try:
+            payload, signature = rc.accepted_receipt(
+                self.sign,
+                job_uuid=job.job_uuid,
+                miner_hotkey=job.miner_hotkey,
+                validator_hotkey=self.validator_hotkey,
+                time_accepted=at,
+                now=self.clock.now(),
+            )
+            job.accepted_receipt = (payload, signature)
+            frame = dumps(V0JobAcceptedReceiptRequest(payload=payload, signature=signature))
+        except Exception as exc:
+            self.on_link_failure(link, exc, "_send_initial_job_request")
+            return
+
+        def failed(exc: BaseException) -> None:
+            self._event(
+                T.RECEIPT_FAILURE,
+                S.RECEIPT_SEND_ERROR,
+                f"JobAccepted receipt not sent: {type(exc).__name__}: {exc}",
+                miner_hotkey=job.miner_hotkey,
+                job_uuid=job.job_uuid,
+                func="_send_initial_job_request",
+            )
+
+        self.message_counts["V0JobAcceptedReceiptRequest"] += 1
+        link.post(frame, timeout_s=self.t.receipt_send, on_failure=failed)
 
     def on_spin_up_resolved(self, link: MinerLink, job: JobState) -> None:
         job.spin_up_resolved = True
@@ -354,6 +381,12 @@ class _ShardRun:
         self.result.jobs = [self._job_result(j) for j in self.jobs]
         self.result.stats["stage_mono"] = dict(self.stage_mono)
         self.result.stats["loop"] = self.monitor.profile()
+        origin = self.stage_mono.get("_multi_get_miner_manifest", self._start_mono)
+        stalls = [(a, b, c) for (a, b), c in zip(self.monitor.stalls, self.monitor.stall_cpu, strict=False)]
+        longest = sorted(stalls, key=lambda sbc: sbc[0] - sbc[1])[:5]
+        self.result.stats["longest_stalls"] = [
+            {"at": round(a - origin, 3), "s": round(b - a, 3), "cpu_s": round(c, 3)} for a, b, c in longest
+        ]
         self.result.stats["pacer_yields"] = self.pacer.yields
         self.result.stats["messages"] = dict(self.message_counts)
         return self.result
@@ -594,16 +627,11 @@ class _ShardRun:
         groups: dict[float, list[JobState]] = {}
         for job in self.jobs:
             groups.setdefault(self.deadline_mono - job.spin_up, []).append(job)
-        writers: list[asyncio.Task[None]] = []
         for planned in sorted(groups):
             delay = planned - clock.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            per_link: dict[str, list[JobState]] = {}
-            for job in groups[planned]:
-                per_link.setdefault(job.miner_hotkey, []).append(job)
-            for hotkey, jobs in per_link.items():
-                writers.append(self._spawn(self._send_initial_requests(self.link_by_hotkey[hotkey], jobs)))
+            await self._send_initial_requests(groups[planned])
 
         while self.spinup_pending:
             horizon = self.deadline_mono
@@ -616,16 +644,21 @@ class _ShardRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.spinup_done.wait(), remaining)
         await _drain()
-        for writer in writers:
-            writer.cancel()
+        self._not_sent([j for j in self.jobs if j.initial_sent_mono is None], "spin-up window over")
 
-    async def _send_initial_requests(self, link: MinerLink, jobs: list[JobState]) -> None:
+    async def _send_initial_requests(self, jobs: list[JobState]) -> None:
+        """One sender for the whole group, in the shuffled job order: build (signed JobStarted
+        receipt), then write the frame straight to the miner's socket. A miner whose link cannot
+        take it right now (reconnecting) gets the frame through its own writer instead, so one slow
+        miner never holds up the others. The loop yields to the event loop every few milliseconds,
+        which lets the accepts and readies of the first jobs be handled while the rest go out."""
         clock = self.clock
-        try:
-            for i, job in enumerate(jobs):
-                if link.closed_by_us:
-                    self._not_sent(jobs[i:], "connection closed")
-                    return
+        for job in jobs:
+            link = self.link_by_hotkey[job.miner_hotkey]
+            if link.closed_by_us:
+                self._not_sent([job], "connection closed")
+                continue
+            try:
                 gen = job.generator
                 now = clock.now()
                 payload, signature = rc.started_receipt(
@@ -648,21 +681,26 @@ class _ShardRun:
                     job_started_receipt_signature=signature,
                 )
                 frame = link.session.outgoing(message, now)
-                try:
-                    await link.send(frame)
-                except MinerConnectionError as exc:
-                    self._not_sent(jobs[i:], str(exc))
-                    return
-                job.initial_sent_at = now
-                job.initial_sent_mono = sent = clock.monotonic()
-                job.window_end_mono = max(self.deadline_mono, sent + job.spin_up)
-                self.message_counts["V0InitialJobRequest"] += 1
-                await self.pacer.tick()
-        except asyncio.CancelledError:
-            self._not_sent([j for j in jobs if j.initial_sent_mono is None], "spin-up window over")
-            raise
-        except Exception as exc:
-            self.on_link_failure(link, exc, "_send_initial_job_request")
+                wire = link.transport.prebuild(frame)
+            except Exception as exc:
+                self.on_link_failure(link, exc, "_send_initial_job_request")
+                continue
+            job.initial_sent_at = now
+            if wire is not None and link.transport.write_prebuilt(wire):
+                self._initial_sent(job)
+            else:
+                link.post(
+                    frame,
+                    timeout_s=max(0.0, self.deadline_mono - clock.monotonic()) + job.spin_up,
+                    on_sent=lambda job=job: self._initial_sent(job),  # type: ignore[misc]
+                    on_failure=lambda exc, job=job: self._not_sent([job], str(exc)),  # type: ignore[misc]
+                )
+            await self.pacer.tick()
+
+    def _initial_sent(self, job: JobState) -> None:
+        job.initial_sent_mono = sent = self.clock.monotonic()
+        job.window_end_mono = max(self.deadline_mono, sent + job.spin_up)
+        self.message_counts["V0InitialJobRequest"] += 1
 
     def _not_sent(self, jobs: Iterable[JobState], reason: str) -> None:
         for job in jobs:
@@ -671,34 +709,6 @@ class _ShardRun:
                 job.exception_stage = "_send_initial_job_request"
             self.spinup_pending.discard(job)
         self._check_done()
-
-    async def _send_accepted_receipt(self, link: MinerLink, job: JobState, at: datetime) -> None:
-        try:
-            payload, signature = rc.accepted_receipt(
-                self.sign,
-                job_uuid=job.job_uuid,
-                miner_hotkey=job.miner_hotkey,
-                validator_hotkey=self.validator_hotkey,
-                time_accepted=at,
-                now=self.clock.now(),
-            )
-            job.accepted_receipt = (payload, signature)
-            frame = dumps(V0JobAcceptedReceiptRequest(payload=payload, signature=signature))
-        except Exception as exc:
-            self.on_link_failure(link, exc, "_send_initial_job_request")
-            return
-        try:
-            await asyncio.wait_for(link.send(frame), self.t.receipt_send)
-            self.message_counts["V0JobAcceptedReceiptRequest"] += 1
-        except (TimeoutError, MinerConnectionError, OSError) as exc:
-            self._event(
-                T.RECEIPT_FAILURE,
-                S.RECEIPT_SEND_ERROR,
-                f"JobAccepted receipt not sent: {type(exc).__name__}: {exc}",
-                miner_hotkey=job.miner_hotkey,
-                job_uuid=job.job_uuid,
-                func="_send_initial_job_request",
-            )
 
     # ----------------------------------------------------------------------- release
 
@@ -723,6 +733,7 @@ class _ShardRun:
                 output_upload=gen.output_upload(),  # type: ignore[arg-type]
             )
             job.job_frame = link.session.outgoing(message, self.clock.now())
+            job.job_wire = link.transport.prebuild(job.job_frame)
             ready.append(job)
             await self.pacer.tick()
         return ready
@@ -790,12 +801,47 @@ class _ShardRun:
         per_link: dict[str, list[JobState]] = {}
         for job in eligible:
             per_link.setdefault(job.miner_hotkey, []).append(job)
-        writers = [
-            self._spawn(self._send_job_requests(self.link_by_hotkey[hotkey], jobs))
-            for hotkey, jobs in per_link.items()
-        ]
         extra = self.t.job_wait_extra
-        await asyncio.sleep(0)  # let the writers send
+        # The burst: each miner's pre-built frames in one write, back to back (a few ms for thousands
+        # of jobs). A link that cannot take pre-built frames (reconnecting, compression) gets a writer.
+        fallback: list[tuple[MinerLink, list[JobState]]] = []
+        for hotkey, jobs in per_link.items():
+            link = self.link_by_hotkey[hotkey]
+            jobs = [j for j in jobs if not j.has_final and not j.excluded]
+            if not jobs:
+                continue
+            wires = [j.job_wire for j in jobs]
+            if any(w is None for w in wires):
+                fallback.append((link, jobs))
+                continue
+            before_at, before = clock.now(), clock.monotonic()
+            if not link.transport.write_prebuilt(b"".join(w for w in wires if w is not None)):
+                fallback.append((link, jobs))
+                continue
+            after = clock.monotonic()
+            for job in jobs:
+                job.job_before_sent_at, job.job_before_sent_mono = before_at, before
+                job.job_after_sent_mono = after
+                job.wait_end_mono = before + job.timeout + extra
+                job.job_frame = job.job_wire = None
+            self.message_counts["V0JobRequest"] += len(jobs)
+            await self.pacer.tick()
+        for job in eligible:
+            if job.has_final and job.job_before_sent_mono is None:
+                self.final_pending.discard(job)  # answered before its request: out of order
+        self._check_done()
+        for link, jobs in fallback:
+            for job in jobs:
+                if job.job_frame is None:
+                    continue
+                job.job_before_sent_at, job.job_before_sent_mono = clock.now(), clock.monotonic()
+                link.post(
+                    job.job_frame,
+                    timeout_s=job.timeout + extra,
+                    on_sent=lambda job=job: self._job_request_sent(job),  # type: ignore[misc]
+                    on_failure=lambda exc, job=job: self._job_request_failed(job, exc),  # type: ignore[misc]
+                )
+        await asyncio.sleep(0)
         await self._hook("_await_job_responses")
         while self.final_pending:
             horizon = release_mono
@@ -810,8 +856,6 @@ class _ShardRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.final_done.wait(), remaining)
         await _drain()
-        for writer in writers:
-            writer.cancel()
         sent = [j.job_before_sent_mono for j in eligible if j.job_before_sent_mono is not None]
         if sent:
             self.result.stats["send_skew_s"] = max(sent) - min(sent)
@@ -826,38 +870,21 @@ class _ShardRun:
             self.result.stats["first_job_request_mono"] = min(sent)
             self.result.stats["last_job_request_mono"] = max(sent)
 
-    async def _send_job_requests(self, link: MinerLink, jobs: list[JobState]) -> None:
-        clock = self.clock
-        extra = self.t.job_wait_extra
-        try:
-            for job in jobs:
-                frame = job.job_frame
-                if job.has_final or frame is None or job.excluded:
-                    self.final_pending.discard(job)
-                    continue
-                job.job_before_sent_at = clock.now()
-                job.job_before_sent_mono = before = clock.monotonic()
-                try:
-                    await link.send(frame)
-                except MinerConnectionError as exc:
-                    job.job_before_sent_mono = None
-                    job.job_before_sent_at = None
-                    job.exception = f"job request not sent: {exc}"
-                    job.exception_stage = "_send_job_request"
-                    self.final_pending.discard(job)
-                    self._check_done()
-                    continue
-                job.job_after_sent_mono = clock.monotonic()
-                job.wait_end_mono = before + job.timeout + extra
-                job.job_frame = None
-                self.message_counts["V0JobRequest"] += 1
-                await self.pacer.tick()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.on_link_failure(link, exc, "_send_job_request")
-        finally:
-            self._check_done()
+    def _job_request_sent(self, job: JobState) -> None:
+        """A job request that went through the link's writer (the slow path) is out now."""
+        job.job_after_sent_mono = self.clock.monotonic()
+        if job.job_before_sent_mono is not None:
+            job.wait_end_mono = job.job_before_sent_mono + job.timeout + self.t.job_wait_extra
+        job.job_frame = job.job_wire = None
+        self.message_counts["V0JobRequest"] += 1
+
+    def _job_request_failed(self, job: JobState, exc: BaseException) -> None:
+        job.job_before_sent_mono = None
+        job.job_before_sent_at = None
+        job.exception = f"job request not sent: {type(exc).__name__}: {exc}"
+        job.exception_stage = "_send_job_request"
+        self.final_pending.discard(job)
+        self._check_done()
 
     # ----------------------------------------------------------------------- scoring
 
@@ -1035,31 +1062,31 @@ class _ShardRun:
             frame = dumps(V0JobFinishedReceiptRequest(payload=payload, signature=signature))
             per_link.setdefault(job.miner_hotkey, []).append((job, frame))
             await self.pacer.tick()
+        for hotkey, items in per_link.items():
+            link = self.link_by_hotkey[hotkey]
+            for job, frame in items:
+                link.post(frame, timeout_s=self.t.receipt_send, on_failure=self._finished_failed(job))
+                self.message_counts["V0JobFinishedReceiptRequest"] += 1
+        # Each receipt has its own 5 s; a link's receipts go out one after the other.
         await asyncio.gather(
-            *(self._send_finished(self.link_by_hotkey[hk], items) for hk, items in per_link.items())
+            *(
+                self.link_by_hotkey[hk].flush(self.t.receipt_send * len(items) + 1.0)
+                for hk, items in per_link.items()
+            )
         )
 
-    async def _send_finished(self, link: MinerLink, items: list[tuple[JobState, str]]) -> None:
-        for job, frame in items:
-            if link.closed_by_us:
-                error: str | None = "connection closed"
-            else:
-                try:
-                    await asyncio.wait_for(link.send(frame), self.t.receipt_send)
-                    self.message_counts["V0JobFinishedReceiptRequest"] += 1
-                    error = None
-                except (TimeoutError, MinerConnectionError, OSError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-            if error is not None:
-                self._event(
-                    T.RECEIPT_FAILURE,
-                    S.RECEIPT_SEND_ERROR,
-                    f"JobFinished receipt not sent: {error}",
-                    miner_hotkey=job.miner_hotkey,
-                    job_uuid=job.job_uuid,
-                    func="_send_job_finished_receipts",
-                )
-            await self.pacer.tick()
+    def _finished_failed(self, job: JobState) -> Callable[[BaseException], None]:
+        def failed(exc: BaseException) -> None:
+            self._event(
+                T.RECEIPT_FAILURE,
+                S.RECEIPT_SEND_ERROR,
+                f"JobFinished receipt not sent: {type(exc).__name__}: {exc}",
+                miner_hotkey=job.miner_hotkey,
+                job_uuid=job.job_uuid,
+                func="_send_job_finished_receipts",
+            )
+
+        return failed
 
     # ----------------------------------------------------------------------- closing
 
@@ -1190,7 +1217,7 @@ class _ShardRun:
                             "stderr": job.stderr[:300] if job.stderr else None,
                             "exit_status": job.exit_status,
                         },
-                        "machine_specs": job.machine_specs,
+                        "machine_specs": _specs_json(job.machine_specs),
                         "time_took": job.time_took,
                         "success": job.success,
                         "correct": job.correct,
@@ -1263,3 +1290,10 @@ class _ShardRun:
             excluded_from_scoring=job.excluded,
             time_took=job.time_took,
         )
+
+
+def _specs_json(specs: Any) -> Any:
+    if specs is None:
+        return None
+    dump = getattr(specs, "model_dump", None)
+    return dump(mode="json") if dump is not None else specs

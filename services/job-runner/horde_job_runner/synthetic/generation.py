@@ -45,20 +45,13 @@ def build_jobs(
     difficulty: str,
     now: datetime | None = None,
 ) -> list[JobGenerator]:
-    """`count` generators per (class, count) for one miner. Runs in a worker process.
-
-    The raw pickled payload of a hashcat job is dropped once its zipped volume exists: it is not
-    needed afterwards and would double the memory (and the bytes shipped back from the worker).
-    """
+    """`count` generators per (class, count) for one miner. Runs in a worker process."""
     now = now or datetime.now(UTC)
-    out: list[JobGenerator] = []
-    for executor_class, count in class_counts:
-        for _ in range(count):
-            gen = make_generator(executor_class, weights_version, miner_hotkey, difficulty, now=now)
-            if isinstance(getattr(gen, "payload", None), bytes):
-                gen.payload = b""  # type: ignore[attr-defined]
-            out.append(gen)
-    return out
+    return [
+        make_generator(executor_class, weights_version, miner_hotkey, difficulty, now=now)
+        for executor_class, count in class_counts
+        for _ in range(count)
+    ]
 
 
 class JobFactory(Protocol):

@@ -8,6 +8,7 @@ clock: every frame is stamped the moment the reader takes it from the socket.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,9 @@ from horde_job_runner.synthetic.transport import (
 )
 
 __all__ = ["LinkListener", "MinerLink"]
+
+# (frame, timeout_s, on_failure, on_sent)
+_Outgoing = tuple[str | bytes, float, Callable[[BaseException], None] | None, Callable[[], None] | None]
 
 
 class LinkListener(Protocol):
@@ -91,6 +95,8 @@ class MinerLink:
         self.connection_error: str | None = None
         self.reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
         self.transport: MinerTransport = transport_factory(
             session.url(),
             name=self.name,
@@ -154,6 +160,48 @@ class MinerLink:
     async def send(self, frame: str | bytes) -> None:
         await self.transport.send(frame)
 
+    def post(
+        self,
+        frame: str | bytes,
+        *,
+        timeout_s: float = 5.0,
+        on_failure: Callable[[BaseException], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue a frame for this miner's writer (receipts, error replies): in order, each within
+        `timeout_s`; a failure is reported to `on_failure`. One writer per link, started on demand,
+        instead of one task per frame."""
+        self._outbox.append((frame, timeout_s, on_failure, on_sent))
+        if self._writer is None or self._writer.done():
+            self._writer = self.spawn(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while self._outbox and not self.closed_by_us:
+            frame, timeout_s, on_failure, on_sent = self._outbox.popleft()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.transport.send(frame)
+                if on_sent is not None:
+                    on_sent()
+            except (TimeoutError, MinerConnectionError, OSError) as exc:
+                if on_failure is not None:
+                    on_failure(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug on our side
+                self._listener.on_link_failure(self, exc, "write")
+                return
+        while self._outbox:  # closed: whatever is left was not sent
+            _, _, on_failure, _ = self._outbox.popleft()
+            if on_failure is not None:
+                on_failure(MinerConnectionError(f"{self.name}: connection closed"))
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until the queued frames are sent or failed."""
+        writer = self._writer
+        if writer is not None and not writer.done():
+            await asyncio.wait([writer], timeout=timeout_s)
+
     # --- reading --------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
@@ -177,14 +225,10 @@ class MinerLink:
         for event in received.events:
             self._on_event(event, mono)
         for message in received.outgoing:
-            self.spawn(self._send_quietly(dumps(message)))
+            self.post(dumps(message))
         if received.close:
             self.closed_by_us = True  # no reconnects, no error events from here on
             self.spawn(self._close_requested())
-
-    async def _send_quietly(self, frame: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.transport.send(frame), 5.0)
 
     async def _close_requested(self) -> None:
         """The miner said we are unknown/inactive: close our side (spec A §1.8); no reconnects."""
@@ -242,4 +286,4 @@ class MinerLink:
                 job.exit_status = event.message.docker_process_exit_status
             listener.on_final(self, job)
         elif isinstance(event, MachineSpecsReceived):
-            job.machine_specs = event.message.specs.model_dump(mode="json")
+            job.machine_specs = event.message.specs  # dumped only for the telemetry row

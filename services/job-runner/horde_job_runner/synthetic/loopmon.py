@@ -25,6 +25,7 @@ class LoopMonitor:
     threshold: float = 0.1
     monotonic: Callable[[], float] = time.monotonic
     stalls: list[tuple[float, float]] = field(default_factory=list)
+    stall_cpu: list[float] = field(default_factory=list)
     max_lag: float = 0.0
     total_lag: float = 0.0
     ticks: int = 0
@@ -46,6 +47,7 @@ class LoopMonitor:
         while True:
             expected = self.monotonic() + self.interval
             self._expected = expected
+            cpu_before = time.process_time()
             await asyncio.sleep(self.interval)
             now = self.monotonic()
             lag = max(0.0, now - expected)
@@ -54,6 +56,9 @@ class LoopMonitor:
             self.max_lag = max(self.max_lag, lag)
             if lag > self.threshold:
                 self.stalls.append((expected, now))
+                # Our own CPU over the tick: about the lag when our code blocked the loop, much
+                # less when the host did not run us (other processes on the same cores).
+                self.stall_cpu.append(time.process_time() - cpu_before)
 
     def note_stall(self, start: float, end: float) -> None:
         """Record a stall measured elsewhere (e.g. a synchronous step timed by the caller)."""
@@ -85,4 +90,5 @@ class LoopMonitor:
             "mean_lag_s": round(self.total_lag / self.ticks, 6) if self.ticks else 0.0,
             "stalls": len(self.stalls),
             "stalled_s": round(sum(e - s for s, e in self.stalls), 6),
+            "stalled_cpu_s": round(sum(self.stall_cpu), 6),
         }

@@ -246,6 +246,7 @@ class JobState:
     spin_up_resolved: bool = False
     # job request
     job_frame: str | None = None
+    job_wire: bytes | None = None  # the same, as pre-built wire bytes (see transport.prebuild)
     job_before_sent_mono: float | None = None
     job_before_sent_at: datetime | None = None
     job_after_sent_mono: float | None = None
@@ -257,7 +258,7 @@ class JobState:
     stdout: str = ""
     stderr: str = ""
     exit_status: int | None = None
-    machine_specs: dict[str, Any] | None = None
+    machine_specs: Any = None  # the last V0MachineSpecsRequest.specs (a pydantic model)
     # receipts (payload JSON + signature)
     started_receipt: tuple[Any, str] | None = None
     accepted_receipt: tuple[Any, str] | None = None

@@ -33,6 +33,8 @@ from typing import Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, WebSocketException
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 __all__ = [
     "MinerConnectionError",
@@ -45,7 +47,7 @@ __all__ = [
     "miner_url",
 ]
 
-Frame = str | bytes
+Data = str | bytes
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -83,11 +85,15 @@ class MinerTransport(Protocol):
 
     async def connect(self) -> None: ...
 
-    async def send(self, frame: Frame) -> None: ...
+    async def send(self, frame: Data) -> None: ...
 
-    async def recv(self) -> Frame: ...
+    async def recv(self) -> Data: ...
 
     async def close(self) -> None: ...
+
+    def prebuild(self, frame: str | bytes) -> bytes | None: ...
+
+    def write_prebuilt(self, wire: bytes) -> bool: ...
 
 
 TransportFactory = Callable[..., MinerTransport]
@@ -131,7 +137,7 @@ class WebSocketTransport:
         url: str,
         *,
         name: str = "",
-        hello: Callable[[], Frame] | None = None,
+        hello: Callable[[], Data] | None = None,
         on_reconnect: Callable[[], None] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
         settings: TransportSettings | None = None,
@@ -242,7 +248,7 @@ class WebSocketTransport:
 
     # --- frames ---------------------------------------------------------------------------------
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Data) -> None:
         """Send one frame (bytes are sent as a text frame: they are UTF-8 JSON).
 
         Never yields to the event loop unless the socket buffer is full or the link is down, so a
@@ -271,7 +277,7 @@ class WebSocketTransport:
                 low, high = self.settings.send_retry_sleep
                 await self._sleep(low + (high - low) * self._rng())
 
-    async def recv(self) -> Frame:
+    async def recv(self) -> Data:
         """The next frame; reconnects (and re-authenticates) when the link dropped.
 
         Raises `MinerConnectionError` once reconnecting gave up or the transport was closed.
@@ -288,6 +294,34 @@ class WebSocketTransport:
                 if self._on_error is not None:
                     self._on_error("recv", exc)
             await self._reconnect(ws)
+
+    # --- pre-built frames (the job-request burst) --------------------------------------------------
+
+    def prebuild(self, frame: str | bytes) -> bytes | None:
+        """The complete wire bytes of a text frame (header + masked payload) for the current
+        connection, to be written later with `write_prebuilt`; None when that is not possible (no
+        connection, or an extension such as permessage-deflate was negotiated: its state is per
+        message, so frames cannot be built ahead). The caller then uses `send`.
+        """
+        ws = self._ws
+        if ws is None or self._closed or ws.protocol.extensions:
+            return None
+        data = frame.encode() if isinstance(frame, str) else frame
+        return Frame(Opcode.TEXT, data).serialize(mask=True, extensions=[])
+
+    def write_prebuilt(self, wire: bytes) -> bool:
+        """Write pre-built frames (`prebuild`, possibly several concatenated) at once, without
+        yielding: one system call, the websockets protocol state untouched (whole frames only).
+        False when the connection is not open any more: the caller falls back to `send`.
+        """
+        ws = self._ws
+        if ws is None or self._closed or ws.protocol.state is not State.OPEN or ws.protocol.extensions:
+            return False
+        transport = ws.transport
+        if transport.is_closing():
+            return False
+        transport.write(wire)
+        return True
 
     async def close(self) -> None:
         """Close for good: pending and later sends/receives raise `MinerConnectionError`."""
