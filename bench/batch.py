@@ -96,6 +96,10 @@ def run_validator(count: int, base_port: int, database_url: str) -> None:
     from horde_localnet import keys
 
     configure_logging("job-runner", "WARNING", stream=sys.stderr)
+    if os.environ.get("BENCH_GC_OFF"):
+        import gc
+
+        gc.disable()
     imports_s = time.monotonic() - t_start
     warm_up()
     miners = [

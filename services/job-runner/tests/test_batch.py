@@ -562,11 +562,11 @@ class FlakyStore(BatchStore):
         dead = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere")
         self.dead = BatchStore(session_factory(dead))
 
-    async def persist(self, rows: ShardRows) -> None:
+    async def persist(self, rows: ShardRows, *, fast: bool = True) -> None:
         if self.failures > 0:
             self.failures -= 1
-            await self.dead.persist(rows)  # raises: connection refused
-        await super().persist(rows)
+            await self.dead.persist(rows, fast=fast)  # raises: connection refused
+        await super().persist(rows, fast=fast)
 
 
 async def test_database_outage_at_persist_time_is_a_validator_failure(store: BatchStore) -> None:

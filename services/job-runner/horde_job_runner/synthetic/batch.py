@@ -1244,7 +1244,7 @@ class _ShardRun:
         for attempt in range(1, attempts + 1):
             try:
                 t0 = time.perf_counter()
-                await store.persist(rows)
+                await store.persist(rows, fast=attempt == 1)
                 self.result.stats["persist_s"] = time.perf_counter() - t0
                 self.result.persisted = True
                 return

@@ -7,7 +7,8 @@ Wiring (in `app.py`):
     )
     router.handler("job-runner.batch.shard.requested")(handle_batch_shard_requested)
     router.handler("job-runner.batch.released")(handle_batch_released)
-    SPEC = ServiceSpec(..., on_start=install_runtime_from_service)
+    SPEC = ServiceSpec(..., on_start=install_runtime_from_service, on_stop=uninstall_runtime_from_service,
+                       debug_views={"synthetic": active_shards_view})
 
 Transactions. The bus handler's own transaction (`ctx.session`) holds only the idempotency row and
 the returned `batch.shard.completed`; the shard's rows are written by `run_shard` through its own
@@ -55,11 +56,13 @@ __all__ = [
     "JobRunnerRuntime",
     "ReleaseRegistry",
     "ShardNotPersisted",
+    "active_shards_view",
     "get_runtime",
     "handle_batch_released",
     "handle_batch_shard_requested",
     "install_runtime",
     "install_runtime_from_service",
+    "uninstall_runtime_from_service",
 ]
 
 log = structlog.get_logger(__name__)
@@ -168,6 +171,14 @@ async def install_runtime_from_service(ctx: Any) -> None:
         )
     )
     await asyncio.to_thread(warm_up)
+
+
+async def uninstall_runtime_from_service(ctx: Any) -> None:
+    """`ServiceSpec.on_stop` hook: stop the job generation workers."""
+    from horde_job_runner.synthetic.generation import shutdown_pool
+
+    install_runtime(None)
+    await asyncio.to_thread(shutdown_pool)
 
 
 # ------------------------------------------------------------------------------------------ handlers
