@@ -37,7 +37,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from horde_common.bus.messages import BatchShardReady, MinerEndpoint
@@ -174,6 +174,7 @@ class _ShardRun:
         self.stage_mono: dict[str, float] = {}
         self.accepting_results_until: datetime | None = None
         self.ready_published = False
+        self.insufficient_prompts_recently = False
         self.scored = False
         self.aborted = False
         self.send_times: list[float] = []
@@ -424,16 +425,23 @@ class _ShardRun:
         await self._stage("_db_get_previous_online_executor_count")
         hotkeys = [m.hotkey for m in request.miners]
         if deps.store is not None:
-            batch_uuid = await deps.store.batch_uuid(request.batch_id)
-            if batch_uuid is None:
-                raise ValidatorStageError(f"batch {request.batch_id} does not exist")
-            self.batch_uuid = str(batch_uuid)
-            for e in self.events:  # the begin events were recorded before we knew the uuid
-                if isinstance(e.data, dict):
-                    e.data["batch_uuid"] = self.batch_uuid
-            self.previous_online = await deps.store.previous_online_counts(request.batch_id, hotkeys)
-            if deps.dynamic is None:
-                self.dynamic = await deps.store.dynamic_values()
+            store = deps.store
+            async with asyncio.timeout(self.t.db):
+                batch_uuid = await store.batch_uuid(request.batch_id)
+                if batch_uuid is None:
+                    raise ValidatorStageError(f"batch {request.batch_id} does not exist")
+                self.batch_uuid = str(batch_uuid)
+                for e in self.events:  # the begin events were recorded before we knew the uuid
+                    if isinstance(e.data, dict):
+                        e.data["batch_uuid"] = self.batch_uuid
+                self.previous_online = await store.previous_online_counts(request.batch_id, hotkeys)
+                if deps.dynamic is None:
+                    self.dynamic = await store.dynamic_values()
+                self.insufficient_prompts_recently = await store.recent_event_exists(
+                    str(T.VALIDATOR_TELEMETRY),
+                    str(S.INSUFFICIENT_PROMPTS),
+                    timedelta(seconds=INSUFFICIENT_PROMPTS_EVERY_S),
+                )
         if not request.miners:
             return
 
@@ -552,19 +560,11 @@ class _ShardRun:
 
     async def _insufficient_prompts(self, llm_count: int) -> None:
         """LLM executors get no jobs until prompt samples exist (cross-validation); tell once a day."""
-        store = self.deps.store
-        subtype = S.INSUFFICIENT_PROMPTS
-        if store is not None:
-            from datetime import timedelta
-
-            recent = await store.recent_event_exists(
-                str(T.VALIDATOR_TELEMETRY), str(subtype), timedelta(seconds=INSUFFICIENT_PROMPTS_EVERY_S)
-            )
-            if recent:
-                return
+        if self.insufficient_prompts_recently:
+            return
         self._event(
             T.VALIDATOR_TELEMETRY,
-            subtype,
+            S.INSUFFICIENT_PROMPTS,
             "not enough answered prompt samples: no LLM jobs in this batch",
             llm_executor_count=llm_count,
             prompt_samples_available=0,
@@ -574,10 +574,16 @@ class _ShardRun:
 
     async def _collect_jobs(self) -> None:
         jobs: list[JobState] = []
+        if self.gen_tasks:
+            # Generation started as the manifests came in; bound what is left of it.
+            await asyncio.wait(list(self.gen_tasks.values()), timeout=self.t.generation)
         for hotkey, task in self.gen_tasks.items():
             link = self.link_by_hotkey[hotkey]
             try:
-                generators = await task
+                if not task.done():
+                    task.cancel()
+                    raise TimeoutError(f"job generation took longer than {self.t.generation:g} s")
+                generators = task.result()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -1244,7 +1250,8 @@ class _ShardRun:
         for attempt in range(1, attempts + 1):
             try:
                 t0 = time.perf_counter()
-                await store.persist(rows, fast=attempt == 1)
+                async with asyncio.timeout(self.t.db):
+                    await store.persist(rows, fast=attempt == 1)
                 self.result.stats["persist_s"] = time.perf_counter() - t0
                 self.result.persisted = True
                 return

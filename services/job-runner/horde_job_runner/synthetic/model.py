@@ -125,6 +125,10 @@ class BatchTimeouts:
     loop_stall_threshold: float = 0.1
     persist_attempts: int = 3
     persist_backoff: float = 1.0
+    # Bound on each database step of the shard (the reads at the start, each persist attempt).
+    db: float = 60.0
+    # Bound on waiting for the job generation that is still running when the manifests are in.
+    generation: float = 60.0
     # A shard request that arrives this long after its release deadline is not run (redelivery).
     late_request_grace: float = 0.0
 
