@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import os
+import sys
 
 import httpx
 import pytest
@@ -35,7 +37,9 @@ def test_spec_matches_architecture(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(SERVICE_PORTS))
 async def test_service_ready_and_debug_guarded(name: str, database_url: str, amqp_url: str) -> None:
-    settings = load_settings(DATABASE_URL=database_url, AMQP_URL=amqp_url, DEBUG_TOKEN=TOKEN)
+    settings = load_settings(
+        DATABASE_URL=database_url, AMQP_URL=amqp_url, DEBUG_TOKEN=TOKEN, HOTKEY_SEED="//horde-validator-0"
+    )
     runner = ServiceRunner(dataclasses.replace(_spec(name), port=0), settings)
     task = asyncio.create_task(runner.run())
     try:
@@ -59,3 +63,28 @@ async def test_service_ready_and_debug_guarded(name: str, database_url: str, amq
     finally:
         runner.request_stop()
         await asyncio.wait_for(task, timeout=20)
+
+
+async def test_missing_wallet_is_a_one_line_config_error(database_url: str, amqp_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The job-runner signs receipts: without a hotkey it must refuse to start, saying why."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "horde_job_runner",
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "AMQP_URL": amqp_url,
+            "SERVICE_HOST": "127.0.0.1",
+            "BITTENSOR_WALLET_DIRECTORY": str(tmp_path),
+            "HOTKEY_SEED": "",
+            "PYTHONUNBUFFERED": "1",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error:"), err.decode()
+    assert "Traceback" not in err.decode()

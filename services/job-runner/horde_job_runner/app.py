@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from horde_common.bus import BusRouter, HandlerContext
+from horde_common.bus import BusMessage, BusRouter, HandlerContext
 from horde_common.bus.messages import (
     BatchReleased,
     BatchShardRequested,
@@ -13,19 +13,28 @@ from horde_common.bus.messages import (
 )
 from horde_common.service import ServiceSpec
 from horde_common.service_ports import SERVICE_PORTS
+from horde_job_runner.synthetic.handler import (
+    active_shards_view,
+    handle_batch_released,
+    handle_batch_shard_requested,
+    install_runtime_from_service,
+    uninstall_runtime_from_service,
+)
 
 log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
 @router.handler("job-runner.batch.shard.requested")
-async def on_batch_shard_requested(msg: BatchShardRequested, ctx: HandlerContext) -> None:
-    log.info("batch.shard.requested", batch_id=msg.batch_id, shard=msg.shard_index)
+async def on_batch_shard_requested(msg: BatchShardRequested, ctx: HandlerContext) -> list[BusMessage]:
+    """Run one synthetic shard (§3.2–§3.12) and report `batch.shard.completed`."""
+    return await handle_batch_shard_requested(msg, ctx)
 
 
 @router.handler("job-runner.batch.released")
-async def on_batch_released(msg: BatchReleased, ctx: HandlerContext) -> None:
-    log.info("batch.released", batch_id=msg.batch_id)
+async def on_batch_released(msg: BatchReleased, ctx: HandlerContext) -> list[BusMessage]:
+    """The scheduler's cross-shard barrier: send every job request of the batch now."""
+    return await handle_batch_released(msg, ctx)
 
 
 @router.handler("job-runner.organic.job.requested")
@@ -40,4 +49,11 @@ async def on_trusted_job_requested(msg: TrustedJobRequested, ctx: HandlerContext
     log.info("trusted.job.requested", job_uuid=str(msg.job_uuid))
 
 
-SPEC = ServiceSpec(name="job-runner", port=SERVICE_PORTS["job-runner"], router=router)
+SPEC = ServiceSpec(
+    name="job-runner",
+    port=SERVICE_PORTS["job-runner"],
+    router=router,
+    on_start=install_runtime_from_service,
+    on_stop=uninstall_runtime_from_service,
+    debug_views={"synthetic": active_shards_view},
+)

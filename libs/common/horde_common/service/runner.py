@@ -303,6 +303,9 @@ def run_service(spec: ServiceSpec) -> None:
     log.info("service starting", config=settings.safe_dump())
     try:
         asyncio.run(ServiceRunner(spec, settings).run(install_signal_handlers=True))
+    except ConfigError as exc:  # found at start-up, e.g. the wallet named by the settings is missing
+        print(f"config error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except OSError as exc:  # typically the port is taken
         log.error("service failed to start", error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
