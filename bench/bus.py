@@ -264,7 +264,7 @@ def report(result: dict[str, Any]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--window", type=int, default=2000, help="publishes awaiting their confirm at once")
+    parser.add_argument("--window", type=int, default=200, help="publishes awaiting their confirm at once")
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
