@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import uvicorn
+import uvloop
 from sqlalchemy import text
 
 from horde_common.bus.broker import Broker
@@ -302,7 +303,8 @@ def run_service(spec: ServiceSpec) -> None:
     configure_metrics(spec.name)
     log.info("service starting", config=settings.safe_dump())
     try:
-        asyncio.run(ServiceRunner(spec, settings).run(install_signal_handlers=True))
+        # uvloop: ~10% more bus throughput and cheaper socket I/O for the miner sessions (bench/bus.py).
+        uvloop.run(ServiceRunner(spec, settings).run(install_signal_handlers=True))
     except ConfigError as exc:  # found at start-up, e.g. the wallet named by the settings is missing
         print(f"config error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
