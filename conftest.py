@@ -7,6 +7,7 @@ so parallel sessions (and agents) never see each other's rows or queues.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import subprocess
 import uuid
@@ -18,6 +19,17 @@ import pytest
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_BASE = os.environ.get("TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _run(coro: object) -> None:
+    """`asyncio.run`, also from inside a running loop (async tests call the factories)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
 
 
 def _pg_url(dbname: str) -> str:
@@ -48,13 +60,13 @@ def make_database() -> Iterator[object]:
 
     def make() -> str:
         name = f"horde_test_{RUN_ID}_{len(created)}"
-        asyncio.run(_create_db(name))
+        _run(_create_db(name))
         created.append(name)
         return _pg_url(name)
 
     yield make
     for name in created:
-        asyncio.run(_drop_db(name))
+        _run(_drop_db(name))
 
 
 @pytest.fixture(scope="session")

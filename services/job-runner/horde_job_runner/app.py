@@ -11,7 +11,9 @@ from horde_common.bus.messages import (
     OrganicJobRequested,
     TrustedJobRequested,
 )
+from horde_common.db.retention import prune_receipts
 from horde_common.service import ServiceSpec
+from horde_common.service.housekeeping import housekeeping_loop
 from horde_common.service_ports import SERVICE_PORTS
 from horde_job_runner.synthetic.handler import (
     active_shards_view,
@@ -55,5 +57,6 @@ SPEC = ServiceSpec(
     router=router,
     on_start=install_runtime_from_service,
     on_stop=uninstall_runtime_from_service,
+    loops=[housekeeping_loop(prune_receipts)],
     debug_views={"synthetic": active_shards_view},
 )

@@ -10,7 +10,9 @@ import structlog
 
 from horde_common.bus import BusRouter, HandlerContext
 from horde_common.bus.messages import BatchShardCompleted, BatchShardReady
+from horde_common.db.retention import prune_bus_tables
 from horde_common.service import ServiceSpec
+from horde_common.service.housekeeping import housekeeping_loop
 from horde_common.service_ports import SERVICE_PORTS
 from horde_scheduler.dynamic_config_refresh import dynamic_config_view, refresh_loop
 
@@ -34,6 +36,6 @@ SPEC = ServiceSpec(
     name="scheduler",
     port=SERVICE_PORTS["scheduler"],
     router=router,
-    loops=[refresh_loop],
+    loops=[refresh_loop, housekeeping_loop(prune_bus_tables)],
     debug_views={"dynamic-config": dynamic_config_view},
 )
