@@ -494,3 +494,42 @@ async def test_trace_context_crosses_the_bus_and_the_outbox(
         "scheduler": trace_id,
         "weights": trace_id,
     }
+
+
+async def test_with_an_sdk_provider_publish_and_process_spans_are_recorded_and_linked(
+    channel: AbstractChannel, make_broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The span path (an SDK installed) still records a producer span and its child consumer span."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import horde_common.bus.broker as broker_module
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(broker_module, "tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(broker_module, "_sdk_tracing", True)
+    handled: asyncio.Queue[int] = asyncio.Queue()
+    router = BusRouter()
+
+    @router.handler("weights.batch.completed")
+    async def on_batch(msg: BatchCompleted, ctx: HandlerContext) -> None:
+        handled.put_nowait(trace.get_current_span().get_span_context().trace_id)
+
+    consumer = make_broker("weights", db=False)
+    settled = outcomes(consumer)
+    await consumer.start(router)
+    producer = make_broker("job-runner", db=False)
+    await producer.connect()
+    await producer.publish(BatchCompleted(batch_id=11, cycle_start=0, cycle_stop=1))
+    trace_id = await asyncio.wait_for(handled.get(), T)
+    assert await next_outcome(settled) == "processed"
+
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    publish, process = spans["batch.completed publish"], spans["weights.batch.completed process"]
+    assert publish.kind == trace.SpanKind.PRODUCER and process.kind == trace.SpanKind.CONSUMER
+    assert publish.context is not None and process.parent is not None
+    assert process.parent.span_id == publish.context.span_id
+    assert process.context is not None and process.context.trace_id == publish.context.trace_id == trace_id
+    assert process.attributes is not None and process.attributes["messaging.destination"]
