@@ -5,6 +5,11 @@
                        known_validators=[validator_hotkey])
     await fleet.start()  ...  await fleet.stop()
 
+After a reconnect the miners behave as the November 2024 miner does (`ReconnectMode.REAL`): a new
+connection joins the validator's unfinished jobs as soon as it opens and gets their results pushed
+as they come, before it authenticates. `MinerFleet(..., reconnect="legacy")` (CLI `--reconnect
+legacy`) keeps the earlier behaviour: nothing until the validator re-authenticates.
+
 Run standalone with `python -m horde_localnet.miners --help`. Exports are loaded lazily so that
 worker processes importing `horde_localnet.miners.solver` stay light.
 """
@@ -15,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .behaviours import Behaviour, BehaviourSpec
+    from .behaviours import Behaviour, BehaviourSpec, ReconnectMode
     from .fleet import MinerFleet
     from .miner import JobState, MinerConfig, MinerJob, SimulatedMiner
     from .solver import ExecutionResult, execute
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Behaviour": "behaviours",
     "BehaviourSpec": "behaviours",
+    "ReconnectMode": "behaviours",
     "MinerFleet": "fleet",
     "JobState": "miner",
     "MinerConfig": "miner",
@@ -40,6 +46,7 @@ __all__ = [
     "MinerConfig",
     "MinerFleet",
     "MinerJob",
+    "ReconnectMode",
     "SimulatedMiner",
     "execute",
 ]

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .behaviours import Behaviour, BehaviourSpec
+from .behaviours import DEFAULT_RECONNECT_MODE, Behaviour, BehaviourSpec, ReconnectMode
 
 
 def _pairs(text: str, what: str) -> list[tuple[str, str]]:
@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run-scripts", action="store_true", help="run the validator's raw_script in a subprocess"
     )
+    p.add_argument(
+        "--reconnect",
+        choices=[m.value for m in ReconnectMode],
+        default=None,
+        help=(
+            "what a validator's new connection gets for its unfinished jobs: 'real' (the November 2024"
+            " miner) pushes their results as they come, before authentication; 'legacy' waits for the"
+            f" re-authentication (default: the metagraph's miners.reconnect, else {DEFAULT_RECONNECT_MODE})"
+        ),
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -93,7 +103,11 @@ async def _serve(fleet: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     await fleet.start()
     for m in fleet.miners:
-        print(f"miner {m.index} {m.hotkey} ws://{m.host}:{m.port} {m.config.behaviour}", flush=True)
+        print(
+            f"miner {m.index} {m.hotkey} ws://{m.host}:{m.port} {m.config.behaviour}"
+            f" reconnect={m.config.reconnect}",
+            flush=True,
+        )
     print(f"{len(fleet.miners)} miners running; Ctrl-C to stop", flush=True)
     try:
         await stop.wait()
@@ -121,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_workers": args.cpu_workers,
         "run_scripts": args.run_scripts,
     }
+    if args.reconnect is not None:
+        overrides["reconnect"] = args.reconnect
     if args.count is not None:
         overrides["count"] = args.count
     if args.base_port is not None:

@@ -27,11 +27,31 @@ class Behaviour(StrEnum):
     """Honest, but sends invalid frames (bad JSON, unknown types, missing fields, unknown jobs) around
     every real message."""
     DISCONNECT = "disconnect"
-    """Drops the connection (TCP abort) when a job request arrives; the job still runs and its outcome
-    is re-delivered after the validator reconnects and re-authenticates (spec A §1.6 step 5)."""
+    """Drops the connection (TCP abort) when a job request arrives; the job still runs. Its outcome
+    reaches the validator's next connection as `ReconnectMode` says: pushed as soon as the job ends
+    (`real`, even before authentication), or after re-authentication (`legacy`, and in both modes
+    when the job ended while no connection was open; spec A §1.6 step 5)."""
     UNKNOWN_VALIDATOR = "unknown_validator"
     """Treats every validator as unknown: `GenericError "Unknown validator: ..."`, close 1000."""
 
+
+class ReconnectMode(StrEnum):
+    """What a new connection of a validator gets for that validator's jobs that are still going on."""
+
+    REAL = "real"
+    """As the November 2024 miner (compute-horde 0.0.18) does: as soon as the connection opens,
+    before any authentication, it joins the validator's unfinished jobs; from then on their
+    executor-ready, machine-specs and final messages are pushed on it as they happen, with no
+    authentication check. Only what happened while no connection was listening waits for the
+    authentication: outcomes not yet delivered, and the ready of jobs waiting for their payload.
+    Accept/decline go on the connection that carried the initial request. The default, so that the
+    validator is tested against what real miners do."""
+    LEGACY = "legacy"
+    """The simulator's earlier behaviour: every job message goes to the validator's latest
+    authenticated connection only, so a reconnect hears nothing until it re-authenticates."""
+
+
+DEFAULT_RECONNECT_MODE = ReconnectMode.REAL
 
 DEFAULT_SLOW_DELAY = 60.0
 

@@ -17,7 +17,7 @@ from typing import Any
 from horde_common.protocol.miner import ExecutorClass, Receipt
 from horde_localnet import keys
 
-from .behaviours import Behaviour, BehaviourSpec
+from .behaviours import DEFAULT_RECONNECT_MODE, Behaviour, BehaviourSpec, ReconnectMode
 from .miner import MinerConfig, SimulatedMiner, run_in_thread
 from .solver import ExecutionResult, warm_up
 
@@ -46,6 +46,9 @@ class MinerFleet:
     `cpu_workers=0` cracks jobs in threads (the default: a localnet job is ~2 ms of CPU, less than
     the cost of shipping it to a process), `n > 0` in a pool of n spawned processes (the main
     module must be import-safe, i.e. guarded by `if __name__ == "__main__"`).
+    `reconnect` is what a validator's new connection gets for its unfinished jobs (`ReconnectMode`):
+    `"real"` (default) pushes their messages at once, before authentication, as the November 2024
+    miner does; `"legacy"` waits for the re-authentication.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class MinerFleet:
         send_machine_specs: bool = True,
         raw_manifests: Mapping[int, list[dict[str, Any]]] | None = None,
         clock: Callable[[], float] = time.time,
+        reconnect: ReconnectMode | str = DEFAULT_RECONNECT_MODE,
     ) -> None:
         if count < 0:
             raise ValueError("count must be >= 0")
@@ -76,6 +80,11 @@ class MinerFleet:
         executor_counts = parse_executors(executors)
         specs = {int(i): BehaviourSpec.parse(b) for i, b in (behaviours or {}).items()}
         known = None if known_validators is None else frozenset(known_validators)
+        try:
+            reconnect_mode = ReconnectMode(str(reconnect))
+        except ValueError:
+            known_modes = ", ".join(m.value for m in ReconnectMode)
+            raise ValueError(f"unknown reconnect mode {reconnect!r} (known: {known_modes})") from None
         skipped = set(not_serving)
         self.miners: list[SimulatedMiner] = []
         for i in range(first_index, first_index + count):
@@ -90,6 +99,7 @@ class MinerFleet:
                 send_machine_specs=send_machine_specs,
                 raw_manifest=(raw_manifests or {}).get(i),
                 clock=clock,
+                reconnect=reconnect_mode,
             )
             if executor_wait is not None:
                 config.executor_wait = executor_wait
@@ -108,8 +118,9 @@ class MinerFleet:
     def from_spec(cls, spec: Any, **overrides: Any) -> MinerFleet:
         """The fleet a localnet metagraph file describes (`horde_localnet.chain_spec.LocalnetSpec`).
 
-        Reads `miners.count/host/base_port/not_serving` and the fleet-only keys `miners.executors`
-        and `miners.behaviours` (index -> behaviour); the known validators are the file's validators.
+        Reads `miners.count/host/base_port/not_serving` and the fleet-only keys `miners.executors`,
+        `miners.behaviours` (index -> behaviour) and `miners.reconnect` (`real`/`legacy`); the known
+        validators are the file's validators.
         """
         m = spec.miners
         extra = m.model_extra or {}
@@ -122,6 +133,8 @@ class MinerFleet:
             "known_validators": [keys.validator_hotkey(v.index) for v in spec.validators],
             "not_serving": m.not_serving,
         }
+        if extra.get("reconnect") is not None:
+            kwargs["reconnect"] = extra["reconnect"]
         kwargs.update(overrides)
         return cls(**kwargs)
 
