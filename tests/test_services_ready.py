@@ -15,6 +15,7 @@ from horde_common.bus import QUEUES
 from horde_common.config import load_settings
 from horde_common.service import ServiceRunner, ServiceSpec
 from horde_common.service_ports import SERVICE_PORTS, service_module
+from horde_common.telemetry import configure_metrics, record_event
 
 TOKEN = "test-debug-token"
 
@@ -35,8 +36,20 @@ def test_spec_matches_architecture(name: str) -> None:
     assert set(spec.router.routes) == owned, "every queue the service owns has a handler"
 
 
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` whose labels include `labels`, from a Prometheus scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return None
+
+
 @pytest.mark.parametrize("name", list(SERVICE_PORTS))
 async def test_service_ready_and_debug_guarded(name: str, database_url: str, amqp_url: str) -> None:
+    configure_metrics("services-ready-test")  # as run_service does before the runner starts
     settings = load_settings(
         DATABASE_URL=database_url, AMQP_URL=amqp_url, DEBUG_TOKEN=TOKEN, HOTKEY_SEED="//horde-validator-0"
     )
@@ -49,9 +62,17 @@ async def test_service_ready_and_debug_guarded(name: str, database_url: str, amq
             assert (await client.get("/healthz")).status_code == 200
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
+            # A horde counter by name and value (the default collectors alone print `# TYPE` too):
+            # an event recorded through the service's own database handle is counted on its /metrics.
+            labels = {"service": name, "type": "VALIDATOR_TELEMETRY", "subtype": "CHECKPOINT"}
+            before = _sample((await client.get("/metrics")).text, "horde_system_events_total", **labels)
+            assert runner.ctx.session_factory is not None
+            async with runner.ctx.session_factory.begin() as session:
+                await record_event(session, "VALIDATOR_TELEMETRY", "CHECKPOINT", "probe", service=name)
             metrics = await client.get("/metrics")
             assert metrics.status_code == 200
-            assert "# TYPE" in metrics.text
+            after = _sample(metrics.text, "horde_system_events_total", **labels)
+            assert after == (before or 0.0) + 1, metrics.text
             assert (await client.get("/debug/")).status_code == 401
             wrong = await client.get("/debug/", headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401

@@ -203,11 +203,11 @@ async def test_send_on_a_dropped_link_reconnects_then_delivers(recorder_factory)
     )
     await transport.connect()
     assert await asyncio.wait_for(rec.frames.get(), 5) == (0, "hello")
-    # Wait until the client side has seen the abort, then send: the send must reconnect.
-    for _ in range(100):
-        if transport._ws is not None and transport._ws.state.name != "OPEN":
-            break
-        await asyncio.sleep(0.01)
+    # Wait until the client side has seen the abort, then send: the send must reconnect. White-box
+    # (the transport shows no link state); a link that never closes fails here, not silently later.
+    link = transport._ws
+    assert link is not None
+    await asyncio.wait_for(link.wait_closed(), 5)
     await transport.send("payload")
     frames = [await asyncio.wait_for(rec.frames.get(), 5) for _ in range(2)]
     assert frames == [(1, "hello"), (1, "payload")]
