@@ -45,15 +45,17 @@ def wait_for_database(url: str, timeout_s: float, *, server_only: bool = False) 
 
 
 async def _ensure(url: str) -> bool:
+    from horde_common.db.migrate import database_name, maintenance_url
+
     dsn = _plain_dsn(url)
-    base, _, rest = dsn.rpartition("/")
-    dbname = rest.split("?", 1)[0]
+    dbname = database_name(dsn)
     try:
         await _try_connect(dsn)
         return False
     except asyncpg.InvalidCatalogNameError:
         pass
-    conn = await asyncpg.connect(f"{base}/postgres", timeout=CONNECT_ATTEMPT_TIMEOUT_S)
+    # make_url(...).set(database=...): the query (`?ssl=require`, ...) must reach the maintenance db too.
+    conn = await asyncpg.connect(maintenance_url(dsn), timeout=CONNECT_ATTEMPT_TIMEOUT_S)
     try:
         await conn.execute(f'CREATE DATABASE "{dbname}"')
     finally:

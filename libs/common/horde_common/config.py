@@ -39,6 +39,17 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _check_url_parts(raw: str) -> None:
+    """Reject a URL whose port is not a number in range, at start rather than at the first connect.
+
+    The message never repeats the URL: it may hold a password.
+    """
+    try:
+        urlsplit(raw).port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("has an invalid host or port") from None
+
+
 class Settings(BaseSettings):
     """Every static setting. Dynamic (`DYNAMIC_*`) values live in `dynamic_config` instead."""
 
@@ -88,19 +99,32 @@ class Settings(BaseSettings):
     SYNTHETIC_HASHCAT_DIFFICULTY: HashcatDifficulty = HashcatDifficulty.PRODUCTION
     LOCALNET_CHAIN_URL: str | None = None
 
+    @field_validator("HOTKEY_SEED", mode="before")
+    @classmethod
+    def _blank_seed_is_unset(cls, v: object) -> object:
+        # `HOTKEY_SEED=` (an uncommented .env.example line) means "use the wallet", not "an empty seed".
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, SecretStr) and not v.get_secret_value().strip():
+            return None
+        return v
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _database_url_scheme(cls, v: SecretStr) -> SecretStr:
         raw = v.get_secret_value()
         if not raw.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        _check_url_parts(raw)
         return v
 
     @field_validator("AMQP_URL")
     @classmethod
     def _amqp_url_scheme(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().startswith(("amqp://", "amqps://")):
+        raw = v.get_secret_value()
+        if not raw.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
+        _check_url_parts(raw)
         return v
 
     @field_validator("LOG_LEVEL")

@@ -20,6 +20,7 @@ from horde_common.bus.router import BusRouter, HandlerContext
 from horde_common.config import Settings, load_settings
 from horde_common.service import ServiceContext, ServiceRunner, ServiceSpec
 from horde_common.service.app import bearer_ok
+from horde_common.telemetry import configure_metrics, record_event
 
 TOKEN = "test-debug-token"
 START_TIMEOUT_S = 15.0
@@ -58,12 +59,37 @@ def _client(runner: ServiceRunner, token: str | None = None) -> httpx.AsyncClien
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.port}", headers=headers, timeout=5.0)
 
 
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` whose labels include `labels`, from a Prometheus scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return None
+
+
 async def test_ready_service_serves_probes_metrics_and_guarded_debug(
     database_url: str, amqp_url: str
 ) -> None:
-    spec = ServiceSpec(name="probe-test", port=0, loops=[idle_loop], debug_views={"echo": echo_view})
+    configure_metrics("probe-test")  # as run_service does before the runner starts
+    recorded = asyncio.Event()
+
+    async def record_one_event(ctx: ServiceContext) -> None:
+        """A service loop doing what real ones do: record a system event (and so count it)."""
+        assert ctx.session_factory is not None
+        async with ctx.session_factory.begin() as session:
+            await record_event(session, "VALIDATOR_TELEMETRY", "CHECKPOINT", "probe", service=ctx.name)
+        recorded.set()
+        await ctx.stop_event.wait()
+
+    spec = ServiceSpec(
+        name="probe-test", port=0, loops=[idle_loop, record_one_event], debug_views={"echo": echo_view}
+    )
     async with running(spec, _settings(database_url, amqp_url)) as runner:
         await asyncio.wait_for(runner.ready.wait(), START_TIMEOUT_S)
+        await asyncio.wait_for(recorded.wait(), START_TIMEOUT_S)
         async with (
             _client(runner) as anon,
             _client(runner, "wrong-token") as wrong,
@@ -83,7 +109,9 @@ async def test_ready_service_serves_probes_metrics_and_guarded_debug(
             metrics = await anon.get("/metrics")
             assert metrics.status_code == 200
             assert metrics.headers["content-type"].startswith("text/plain")
-            assert "# HELP" in metrics.text and "# TYPE" in metrics.text
+            # A horde counter by name and value (the default collectors alone print `# HELP` too).
+            labels = {"service": "probe-test", "type": "VALIDATOR_TELEMETRY", "subtype": "CHECKPOINT"}
+            assert _sample(metrics.text, "horde_system_events_total", **labels) == 1.0, metrics.text
 
             for path in ("/debug", "/debug/", "/debug/config", "/debug/echo", "/debug/nope", "/debug/a/b"):
                 assert (await anon.get(path)).status_code == 401, path
@@ -281,3 +309,16 @@ async def test_sigterm_stops_gracefully_with_exit_code_0(
     assert rc == 0, rest
     assert "worker saw stop" in events and events[-1] == "service stopped", events
     assert not any("Traceback" in line for line in rest)
+
+
+async def test_readyz_names_the_missing_database_and_why(database_url: str, amqp_url: str) -> None:
+    missing = database_url.rsplit("/", 1)[0] + "/horde_test_does_not_exist"
+    spec = ServiceSpec(name="no-db-reason-test", port=0, loops=[idle_loop])
+    async with running(spec, _settings(missing, amqp_url)) as runner, _client(runner) as anon:
+        resp = await anon.get("/readyz")
+        assert resp.status_code == 503
+        body = resp.json()
+        assert body["ready"] is False
+        assert "does not exist" in body["reasons"]["database"], body
+        assert body["reasons"]["broker"] == "waiting for the database first"
+        assert body["reasons"]["started"] == "starting: waiting for database, broker"

@@ -105,12 +105,36 @@ def test_secrets_never_reach_the_logs(log_buffer: io.StringIO) -> None:
     assert "rabbit:5672" in out  # masking keeps the useful part of a URL
 
 
-def test_metrics_render_prometheus_text() -> None:
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` whose labels include `labels`, from a Prometheus scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return None
+
+
+async def test_metrics_render_a_horde_counter_with_its_value(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Not just the default collectors' `# HELP` lines: a horde counter, by name, with its count."""
     configure_metrics("telemetry-test")
+    service = f"metrics-test-{uuid.uuid4().hex[:8]}"  # a label no other test touches: exact counts
+    labels = {"service": service, "type": "VALIDATOR_TELEMETRY", "subtype": "CHECKPOINT"}
+    assert _sample(render_metrics()[0].decode(), "horde_system_events_total", **labels) is None
+    events = [SystemEventRecord(SystemEventType.VALIDATOR_TELEMETRY, SystemEventSubtype.CHECKPOINT)] * 2
+    async with sessions.begin() as s:
+        await record_events_bulk(s, events, service=service)
     body, content_type = render_metrics()
     assert content_type.startswith("text/plain")
-    text = body.decode()
-    assert "# HELP" in text and "# TYPE" in text
+    assert _sample(body.decode(), "horde_system_events_total", **labels) == 2.0
+    async with sessions.begin() as s:
+        await record_event(
+            s, SystemEventType.VALIDATOR_TELEMETRY, SystemEventSubtype.CHECKPOINT, service=service
+        )
+    assert _sample(render_metrics()[0].decode(), "horde_system_events_total", **labels) == 3.0
 
 
 def test_traces_url_appends_the_signal_path() -> None:

@@ -57,6 +57,7 @@ SPEC = ServiceSpec(
     router=router,
     on_start=install_runtime_from_service,
     on_stop=uninstall_runtime_from_service,
+    needs_hotkey=True,  # signs job requests and receipts: no usable key, no start (before any I/O)
     loops=[housekeeping_loop(prune_receipts)],
     debug_views={"synthetic": active_shards_view},
 )

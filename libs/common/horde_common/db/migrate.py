@@ -16,7 +16,7 @@ from typing import TypeVar
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -31,6 +31,21 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def maintenance_url(url: str, database: str = "postgres") -> str:
+    """`url` switched to another database on the same server (default: the `postgres` maintenance one).
+
+    Only the database changes: driver, credentials, host, port and query parameters such as
+    `?ssl=require` survive, because a managed server that requires TLS refuses the bare URL. Rendered
+    with its password, since the result is a connection string, not a log line.
+    """
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def database_name(url: str) -> str | None:
+    """The database a URL names (without its query parameters), or None when it names none."""
+    return make_url(url).database
 
 
 def _resolve_url(url: str | None) -> str:

@@ -2,7 +2,8 @@
 
 `/healthz` answers while the event loop runs (liveness: restart only a wedged process).
 `/readyz` answers 200 only when the broker is connected, `SELECT 1` succeeds within 2 s and every
-loop runs (readiness: route no work to a replica that cannot do it). `/debug/*` exposes internal
+loop runs (readiness: route no work to a replica that cannot do it); a 503 names what is missing and
+why (`failing`, `reasons`), so an operator need not dig through logs. `/debug/*` exposes internal
 state, so every path under it needs `Authorization: Bearer $DEBUG_TOKEN`; with no token configured
 it is closed.
 """
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from horde_common.service.context import DebugView, ServiceContext, ServiceSpec
+from horde_common.service.startup import describe_error, url_secrets
 from horde_common.telemetry import get_logger, masked, render_metrics
 
 log = get_logger(__name__)
@@ -28,28 +30,57 @@ DB_PROBE_TIMEOUT_S = 2.0
 DEBUG_PREFIX = "/debug"
 
 
-async def database_ok(ctx: ServiceContext, timeout_s: float = DB_PROBE_TIMEOUT_S) -> bool:
-    """`SELECT 1` through the pool within `timeout_s`."""
+async def database_error(ctx: ServiceContext, timeout_s: float = DB_PROBE_TIMEOUT_S) -> str | None:
+    """None when `SELECT 1` through the pool succeeds within `timeout_s`, else why not (one line)."""
     if ctx.engine is None:
-        return False
+        return ctx.unavailable.get("database", "not connected yet")
     try:
         async with asyncio.timeout(timeout_s):
             async with ctx.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-    except Exception:
-        return False
-    return True
+    except Exception as exc:
+        return ctx.unavailable.get("database") or describe_error(exc, url_secrets(ctx.settings.database_url))
+    return None
+
+
+async def database_ok(ctx: ServiceContext, timeout_s: float = DB_PROBE_TIMEOUT_S) -> bool:
+    """`SELECT 1` through the pool within `timeout_s`."""
+    return await database_error(ctx, timeout_s) is None
+
+
+async def readiness_report(ctx: ServiceContext) -> tuple[dict[str, bool], dict[str, str]]:
+    """Each readiness check by name (ready when all are true), and a one-line reason per failing one."""
+    checks: dict[str, bool] = {"started": ctx.started and not ctx.stopping}
+    reasons: dict[str, str] = {}
+    if ctx.spec.needs_broker:
+        checks["broker"] = ctx.broker is not None and ctx.broker.is_connected
+        if not checks["broker"]:
+            reasons["broker"] = ctx.unavailable.get("broker") or (
+                "waiting for the database first" if ctx.broker is None else "connection lost; reconnecting"
+            )
+    if ctx.spec.needs_db:
+        db_error = await database_error(ctx)
+        checks["database"] = db_error is None
+        if db_error is not None:
+            reasons["database"] = db_error
+    checks["loops"] = ctx.loops_running
+    if not checks["loops"]:
+        stopped = sorted(name for name, state in ctx.loops.items() if not state.running)
+        reasons["loops"] = f"not running: {', '.join(stopped)}" if stopped else "not started yet"
+    if not checks["started"]:
+        reasons["started"] = (
+            "stopping"
+            if ctx.stopping
+            else "starting: waiting for "
+            + (", ".join(name for name in ("database", "broker") if name in reasons) or "start-up hooks")
+        )
+    return checks, reasons
 
 
 async def readiness(ctx: ServiceContext) -> dict[str, Any]:
     """Each readiness check by name; the service is ready when all are true."""
-    checks: dict[str, Any] = {"started": ctx.started and not ctx.stopping}
-    if ctx.spec.needs_broker:
-        checks["broker"] = ctx.broker is not None and ctx.broker.is_connected
-    if ctx.spec.needs_db:
-        checks["database"] = await database_ok(ctx)
-    checks["loops"] = ctx.loops_running
-    return checks
+    checks, _reasons = await readiness_report(ctx)
+    return dict(checks)
 
 
 def bearer_ok(header: str | None, token: str | None) -> bool:
@@ -124,13 +155,18 @@ def build_app(ctx: ServiceContext, spec: ServiceSpec) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        checks = await readiness(ctx)
+        checks, reasons = await readiness_report(ctx)
         failing = [name for name, ok in checks.items() if not ok]
         if failing:
-            return JSONResponse(
-                {"status": "not ready", "failing": failing, "checks": checks}, status_code=503
-            )
-        return JSONResponse({"status": "ready", "checks": checks})
+            body = {
+                "status": "not ready",
+                "ready": False,
+                "failing": failing,
+                "reasons": masked(reasons),
+                "checks": checks,
+            }
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", "ready": True, "checks": checks})
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from horde_common.config import Settings
 
 if TYPE_CHECKING:
+    from bittensor_core import Keypair
+
     from horde_common.bus.broker import Broker
     from horde_common.bus.router import BusRouter
 
@@ -35,7 +37,8 @@ class ServiceSpec:
     `loops` run concurrently until `ctx.stop_event` is set (use `await ctx.wait_stop(seconds)` as
     the loop's sleep); a loop that crashes is restarted with backoff and makes /readyz fail meanwhile.
     `on_start` runs after DB and broker are reachable and before consumers/loops start; `on_stop`
-    after they stopped and before connections close.
+    after they stopped and before connections close. `needs_hotkey`: the service signs, so a missing or
+    unreadable wallet is a configuration error found before any I/O (the key is then `ctx.hotkey`).
     """
 
     name: str
@@ -47,6 +50,7 @@ class ServiceSpec:
     on_stop: Hook | None = None
     needs_db: bool = True
     needs_broker: bool = True
+    needs_hotkey: bool = False
     http_routes: list[APIRouter] = field(default_factory=list)
     # How long in-flight handlers and loops get to finish after SIGTERM before being cancelled.
     shutdown_grace_s: float = 10.0
@@ -81,6 +85,10 @@ class ServiceContext:
     engine: AsyncEngine | None = None
     session_factory: async_sessionmaker[AsyncSession] | None = None
     broker: Broker | None = None
+    # The validator's hotkey, loaded before any I/O when the spec needs it or HOTKEY_SEED is set.
+    hotkey: Keypair | None = None
+    # Why a dependency is not there yet (name -> one line: last error, attempt, next retry), for /readyz.
+    unavailable: dict[str, str] = field(default_factory=dict)
     # Free-form state a service shares between its loops, handlers and debug views.
     state: dict[str, Any] = field(default_factory=dict)
     loops: dict[str, LoopState] = field(default_factory=dict)

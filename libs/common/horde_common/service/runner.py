@@ -1,8 +1,10 @@
 """Service lifecycle: start (with retries), run, and stop gracefully on SIGTERM/SIGINT.
 
 Order matters and is the same for every service:
+check  — settings and keys (`startup.preflight`) before any I/O: a bad one is one line and exit 2.
 start  — HTTP first (liveness answers while dependencies are still coming up), then the database
-         and the broker with retry/backoff, then `on_start`, consumers + outbox relay, loops: ready.
+         and the broker with capped backoff (one line per attempt), then `on_start`, consumers +
+         outbox relay, loops: ready.
 stop   — readiness false, stop consuming and let in-flight handlers finish (unfinished ones are
          cancelled and their unacked messages requeued), stop loops, `on_stop`, close the broker and
          the database, and the HTTP server last so probes keep answering during the drain.
@@ -19,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import uvicorn
 import uvloop
@@ -30,6 +32,14 @@ from horde_common.config import ConfigError, Settings, load_settings
 from horde_common.db import create_engine, session_factory
 from horde_common.service.app import build_app
 from horde_common.service.context import LoopFn, LoopState, ServiceContext, ServiceSpec
+from horde_common.service.startup import (
+    Backoff,
+    describe_error,
+    preflight,
+    quiet_connect_logs,
+    retry_line,
+    url_secrets,
+)
 from horde_common.telemetry import (
     configure_logging,
     configure_metrics,
@@ -39,13 +49,13 @@ from horde_common.telemetry import (
     shutdown_telemetry,
 )
 
+if TYPE_CHECKING:
+    from bittensor_core import Keypair
+
 log = get_logger(__name__)
 T = TypeVar("T")
 
-# Backoff while a dependency is unreachable: short first retries, capped so that a dependency that
-# comes back is noticed within ~2 s (the service must be ready within 10 s of both being reachable).
-RETRY_FIRST_S = 0.2
-RETRY_MAX_S = 2.0
+# One connect attempt to a dependency that does not answer (a black-holed host) gives up after this.
 ATTEMPT_TIMEOUT_S = 5.0
 LOOP_BACKOFF_MAX_S = 30.0
 HTTP_DRAIN_S = 3
@@ -83,10 +93,18 @@ class ServiceRunner:
     then `request_stop()` and await the task.
     """
 
-    def __init__(self, spec: ServiceSpec, settings: Settings) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        settings: Settings,
+        *,
+        hotkey: Keypair | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.spec = spec
         self.settings = settings
-        self.ctx = ServiceContext(spec=spec, settings=settings)
+        self.ctx = ServiceContext(spec=spec, settings=settings, hotkey=hotkey)
+        self.backoff = backoff if backoff is not None else Backoff()
         self.http_ready = asyncio.Event()
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -103,6 +121,9 @@ class ServiceRunner:
     async def run(self, *, install_signal_handlers: bool = False) -> None:
         if install_signal_handlers:
             self._install_signal_handlers()
+        if self.ctx.hotkey is None:
+            # Before the port is bound: a bad key raises ConfigError with nothing opened yet.
+            self.ctx.hotkey = preflight(self.spec, self.settings)
         try:
             await self._start_http()
             try:
@@ -146,7 +167,7 @@ class ServiceRunner:
                 async with engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
 
-            await self._retry("database", ping)
+            await self._retry("database", self.settings.database_url, ping)
         if spec.needs_broker:
             sessions = ctx.session_factory
 
@@ -160,36 +181,45 @@ class ServiceRunner:
                     raise
                 return broker
 
-            ctx.broker = await self._retry("broker", connect)
+            ctx.broker = await self._retry("broker", self.settings.amqp_url, connect)
         if spec.on_start is not None:
             await spec.on_start(ctx)
         if ctx.broker is not None:
             await ctx.broker.start(spec.router)  # consumers + outbox relay
         self._start_loops()
 
-    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Call `attempt` until it succeeds, backing off; abort when shutdown is requested."""
-        delay, tries, since = RETRY_FIRST_S, 0, time.monotonic()
+    async def _retry(self, what: str, target: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Call `attempt` until it succeeds; abort when shutdown is requested.
+
+        One log line per failed attempt, naming the (masked) target, the error and the next delay;
+        the libraries' own connect errors are muted meanwhile. /readyz shows the same reason.
+        """
+        secrets = url_secrets(target)
+        delays = self.backoff.delays()
+        tries, since = 0, time.monotonic()
+        self.ctx.unavailable[what] = "not connected yet"
         while True:
             if self.ctx.stop_event.is_set():
                 raise _Stopped
             tries += 1
             try:
-                result = await asyncio.wait_for(attempt(), ATTEMPT_TIMEOUT_S)
+                with quiet_connect_logs():
+                    result = await asyncio.wait_for(attempt(), ATTEMPT_TIMEOUT_S)
             except Exception as exc:
+                delay = round(next(delays), 3)  # one value for the line, the field and the wait
+                error = describe_error(exc, secrets)
+                self.ctx.unavailable[what] = f"{error} (attempt {tries}, next in {delay:.1f} s)"
                 log.warning(
-                    f"{what} not reachable yet",
+                    retry_line(what, target, error, delay),
                     attempt=tries,
-                    waited_s=round(time.monotonic() - since, 1),
                     retry_in_s=delay,
-                    error=f"{type(exc).__name__}: {exc}"[:500],
                 )
             else:
-                log.info(f"{what} connected", attempts=tries)
+                self.ctx.unavailable.pop(what, None)
+                log.info(f"{what} connected", attempts=tries, waited_s=round(time.monotonic() - since, 1))
                 return result
             if await self.ctx.wait_stop(delay):
                 raise _Stopped
-            delay = min(delay * 2, RETRY_MAX_S)
 
     def _start_loops(self) -> None:
         for i, fn in enumerate(self.spec.loops):
@@ -288,26 +318,28 @@ class ServiceRunner:
         self.request_stop()
 
 
-def run_service(spec: ServiceSpec) -> None:
+def run_service(spec: ServiceSpec, *, backoff: Backoff | None = None) -> None:
     """Run `spec` until SIGTERM/SIGINT (blocking; the body of every service's `__main__`).
 
-    A configuration error prints one line to stderr and exits 2, before any logging is set up.
+    Settings and keys are checked first: a configuration error prints one line to stderr and exits 2
+    before any logging is set up, any port is bound or any connection is opened.
     """
     try:
         settings = load_settings()
+        hotkey = preflight(spec, settings)
     except ConfigError as exc:
-        print(f"config error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        _config_error_exit(exc)
     configure_logging(spec.name, settings.LOG_LEVEL)
     configure_tracing(spec.name, settings.OTEL_EXPORTER_OTLP_ENDPOINT)
     configure_metrics(spec.name)
     log.info("service starting", config=settings.safe_dump())
     try:
         # uvloop: ~10% more bus throughput and cheaper socket I/O for the miner sessions (bench/bus.py).
-        uvloop.run(ServiceRunner(spec, settings).run(install_signal_handlers=True))
-    except ConfigError as exc:  # found at start-up, e.g. the wallet named by the settings is missing
-        print(f"config error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        uvloop.run(
+            ServiceRunner(spec, settings, hotkey=hotkey, backoff=backoff).run(install_signal_handlers=True)
+        )
+    except ConfigError as exc:  # a check that needs the running service (none today); still one line
+        _config_error_exit(exc)
     except OSError as exc:  # typically the port is taken
         log.error("service failed to start", error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
@@ -316,3 +348,8 @@ def run_service(spec: ServiceSpec) -> None:
         raise SystemExit(1) from None
     finally:
         shutdown_telemetry()
+
+
+def _config_error_exit(exc: ConfigError) -> NoReturn:
+    print(f"config error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None

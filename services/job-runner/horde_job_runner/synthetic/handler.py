@@ -165,7 +165,7 @@ async def install_runtime_from_service(ctx: Any) -> None:
     install_runtime(
         JobRunnerRuntime(
             sessions=ctx.sessions,
-            keypair=load_hotkey(settings),
+            keypair=getattr(ctx, "hotkey", None) or load_hotkey(settings),  # preflight loaded it
             settings=settings,
             publish=broker.publish if broker is not None else None,
         )
