@@ -18,10 +18,11 @@ parameters, dominated by password generation, hashing and AES. Build many jobs o
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
+import functools
 import io
+import itertools
 import math
+import operator
 import pickle
 import random
 import string
@@ -31,13 +32,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from horde_common.config import HashcatDifficulty
 
 from .base import PRESET_NVIDIA_ALL, Entropy, JobGenerator, Verdict, Volume, random_chars
+from .hashcat_crypto import answer_for, fernet_encrypt, fernet_key, hashers, single_file_zip_b64
 from .hashcat_script import V1_SCRIPT, V2_SCRIPT
+
+__all__ = [
+    "ALGORITHMS",
+    "HashAlgorithm",
+    "HashParams",
+    "HashcatFlavour",
+    "HashcatJobGenerator",
+    "answer_for",
+    "fernet_encrypt",
+    "fernet_key",
+    "flavour_for",
+    "hash_params",
+    "hashcat_score",
+    "single_file_zip_b64",
+]
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 """Characters of the "letters" positions: all 62 alphanumerics (hashcat charset `?l?d?u`)."""
@@ -62,7 +76,7 @@ class HashAlgorithm:
         return self.name
 
 
-_HASHERS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
+_HASHERS = hashers()
 SHA256 = HashAlgorithm("SHA256", "1410", "sha256")
 SHA384 = HashAlgorithm("SHA384", "10810", "sha384")
 SHA512 = HashAlgorithm("SHA512", "1710", "sha512")
@@ -157,46 +171,12 @@ def mask_for(flavour: HashcatFlavour, params: HashParams) -> str:
     return "?1" * params.num_letters + "?d" * params.num_digits
 
 
-def fernet_key(secret: str) -> bytes:
-    """The 44-character Fernet key `urlsafe_b64encode(sha256(secret))`."""
-    return base64.urlsafe_b64encode(hashlib.sha256(secret.encode("utf-8")).digest())
-
-
-def fernet_encrypt(key: bytes, data: bytes, *, iv: bytes, timestamp: int) -> bytes:
-    """A standard Fernet token (decryptable by `cryptography.fernet.Fernet`) with a caller-chosen IV.
-
-    Taking the IV and timestamp as arguments keeps generation deterministic under a seeded rng.
-    """
-    raw = base64.urlsafe_b64decode(key)
-    signing_key, encryption_key = raw[:16], raw[16:]
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(data) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(encryption_key), modes.CBC(iv)).encryptor()
-    body = b"\x80" + timestamp.to_bytes(8, "big") + iv + encryptor.update(padded) + encryptor.finalize()
-    return base64.urlsafe_b64encode(body + hmac.digest(signing_key, body, "sha256"))
-
-
-def answer_for(passwords: list[list[str]]) -> str:
-    """`urlsafe_b64(sha256(concatenation of every stage's sorted passwords))`: 44 characters."""
-    joined = "".join("".join(stage) for stage in passwords).encode("utf-8")
-    return base64.urlsafe_b64encode(hashlib.sha256(joined).digest()).decode("ascii")
-
-
-def single_file_zip_b64(name: str, contents: bytes) -> str:
-    """Base64 (standard alphabet) of a stored (uncompressed) zip holding one file.
-
-    The entry's timestamp is fixed so the archive depends only on its contents.
-    """
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-        info.external_attr = 0o644 << 16
-        zf.writestr(info, contents)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _random_passwords(rng: random.Random, params: HashParams) -> list[str]:
-    """`num_hashes` distinct passwords (letters then digits), sorted."""
+    """`num_hashes` distinct passwords (letters then digits), sorted.
+
+    Built column by column (`chars[k::length]` is position k of every password) and zipped back
+    together, so the per-password work runs in C: this runs 300 times per production job.
+    """
     if params.num_hashes > params.keyspace:
         raise ValueError(f"cannot draw {params.num_hashes} distinct passwords from {params}")
     letters, digits = params.num_letters, params.num_digits
@@ -205,18 +185,25 @@ def _random_passwords(rng: random.Random, params: HashParams) -> list[str]:
         need = params.num_hashes - len(found)
         letter_chars = random_chars(rng, ALPHANUMERIC, need * letters)
         digit_chars = random_chars(rng, DIGITS, need * digits)
-        for j in range(need):
-            found.add(
-                letter_chars[j * letters : (j + 1) * letters] + digit_chars[j * digits : (j + 1) * digits]
-            )
+        columns = [letter_chars[k::letters] for k in range(letters)]
+        columns += [digit_chars[k::digits] for k in range(digits)]
+        found.update(map("".join, zip(*columns, strict=True)))
     return sorted(found)
 
 
 def _hash_list(alg: HashAlgorithm, salt: bytes, passwords: list[str]) -> str:
-    """The hashcat input: one `"{hash_hex}:{salt_hex}"` line per password."""
+    """The hashcat input: one `"{hash_hex}:{salt_hex}"` line per password.
+
+    `map` over C callables keeps the loop out of the interpreter (300 hashes per production job).
+    """
     hasher = _HASHERS[alg.hashlib_name]
     suffix = ":" + salt.hex()
-    return "\n".join(hasher(pw.encode("ascii") + salt).hexdigest() + suffix for pw in passwords)
+    salted = map(bytes.__add__, map(str.encode, passwords), itertools.repeat(salt))
+    digests = map(_HEXDIGEST, map(hasher, salted))
+    return (suffix + "\n").join(digests) + suffix
+
+
+_HEXDIGEST = operator.methodcaller("hexdigest")
 
 
 class HashcatJobGenerator(JobGenerator):
@@ -390,5 +377,14 @@ class HashcatJobGenerator(JobGenerator):
         return f"Hashcat {self}"
 
     def __str__(self) -> str:
-        names = ", ".join(a.name for a in self.algorithms)
-        return f"{self.flavour.name}SyntheticJob [{names}] {list(self.params)}"
+        return _describe(self.flavour, self.algorithms, self.params)
+
+
+@functools.lru_cache(maxsize=64)
+def _describe(
+    flavour: HashcatFlavour, algorithms: tuple[HashAlgorithm, ...], params: tuple[HashParams, ...]
+) -> str:
+    """The job description, the same for every job of a kind: built once (dataclass reprs are
+    slow, and the batch stores one per job)."""
+    names = ", ".join(a.name for a in algorithms)
+    return f"{flavour.name}SyntheticJob [{names}] {list(params)}"
