@@ -160,7 +160,8 @@ def _check_received(result: Received) -> None:
         if isinstance(item, IgnoredMessage):
             assert item.reason is not IgnoreReason.INTERNAL_ERROR
         if isinstance(item, MalformedMessage):
-            assert item.reply in result.outgoing
+            # replies are budgeted (`flood`): small garbage gets none
+            assert item.reply is None or item.reply in result.outgoing
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -467,6 +467,9 @@ def test_malformed_frames_get_a_generic_error_reply_and_change_nothing(
     raw: str | bytes, error: str | None
 ) -> None:
     session = started(J1)
+    # Replies are paid for by the garbage received (`flood`): a large bad frame first buys the budget.
+    credit = session.receive("x" * 5_000, at(0.5))
+    assert len(credit.outgoing) == 1
     result = session.receive(raw, at(1))
     event = only(result.events, MalformedMessage)
     if error is not None:

@@ -3,6 +3,10 @@
 A job that failed on time alone while our own event loop stalled is excluded from scoring (a
 VALIDATOR_FAILURE) instead of being blamed on the miner; the rest get the verdict of the pure rules
 in `scoring`, times the manifest multiplier (§3.15) computed from this batch's online counts.
+
+A final response that came before its job request is the miner's protocol error, never ours: it
+is recorded as UNEXPECTED_MESSAGE (not a timeout), is never excused by a stall, and gets no
+JobFinished receipt (which needs the job request's send time) without that being a receipt failure.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class FinishPhase(ShardState):
                 log.exception("scoring job %s", job.job_uuid)
                 self._exclude_job(job, f"scoring error: {type(exc).__name__}: {exc}", "_score_jobs")
                 continue
-            if verdict.time_failure:
+            if verdict.time_failure and not verdict.out_of_order and not job.final_before_job_request:
                 start, end = self._window(job)
                 stalled = self.monitor.stalled_within(start, end)
                 if stalled >= self.t.stall_excuse:
@@ -97,14 +101,16 @@ class FinishPhase(ShardState):
             else:
                 reason = NoFinalReason.TIMED_OUT
             return score_job(final=None, no_final_reason=reason, timeout=job.timeout)
+        early = job.final_before_job_request
         if job.final_kind == "failed":
-            return score_job(final=FinalKind.FAILED, exit_status=job.exit_status, timeout=job.timeout)
+            return score_job(
+                final=FinalKind.FAILED,
+                exit_status=job.exit_status,
+                timeout=job.timeout,
+                before_job_request=early,
+            )
         time_took: float | None = None
-        if (
-            job.job_before_sent_mono is not None
-            and job.final_mono is not None
-            and not job.final_before_job_request
-        ):
+        if job.job_before_sent_mono is not None and job.final_mono is not None and not early:
             time_took = job.final_mono - job.job_before_sent_mono
         job.time_took = time_took
         gen = job.generator
@@ -119,6 +125,7 @@ class FinishPhase(ShardState):
             time_took=time_took,
             timeout=job.timeout,
             verify=verify,
+            before_job_request=early,
         )
 
     @staticmethod
@@ -158,10 +165,19 @@ class FinishPhase(ShardState):
                     **common,
                 )
             return
+        if verdict.out_of_order:
+            self._event(
+                T.MINER_SYNTHETIC_JOB_FAILURE,
+                S.UNEXPECTED_MESSAGE,
+                f"{verdict.comment}: the {job.final_kind} response came before the job request",
+                func="_score_job",
+                **common,
+            )
+            return
         if job.final_kind == "failed":
             self._event(T.MINER_SYNTHETIC_JOB_FAILURE, S.FAILURE, verdict.comment, **common)
             return
-        if verdict.out_of_order or verdict.took_too_long:
+        if verdict.took_too_long:
             self._event(
                 T.MINER_SYNTHETIC_JOB_FAILURE,
                 S.JOB_EXECUTION_TIMEOUT,
@@ -181,13 +197,13 @@ class FinishPhase(ShardState):
     async def _finished_receipts(self) -> None:
         per_link: dict[str, list[tuple[JobState, str]]] = {}
         for job in self.jobs:
-            if not job.has_final or job.excluded:
-                continue
+            if not job.has_final or job.excluded or job.final_before_job_request:
+                continue  # out of order: the miner's UNEXPECTED_MESSAGE event says it all
             if job.job_before_sent_at is None:
                 self._event(
                     T.RECEIPT_FAILURE,
                     S.RECEIPT_SEND_ERROR,
-                    "no JobFinished receipt: the final response came before the job request",
+                    "no JobFinished receipt: the job request was not sent",
                     miner_hotkey=job.miner_hotkey,
                     job_uuid=job.job_uuid,
                     func="_send_job_finished_receipts",

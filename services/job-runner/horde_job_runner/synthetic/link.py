@@ -26,6 +26,7 @@ from horde_common.protocol.miner.events import (
     JobFailed,
     JobFinished,
     MachineSpecsReceived,
+    MalformedFlood,
     ManifestReceived,
     MinerError,
     SessionEvent,
@@ -92,6 +93,8 @@ class MinerLink:
         self.manifest: ExecutorManifest | None = None
         self.manifest_event = asyncio.Event()
         self.closed_by_us = False
+        # Why we closed on the miner's account (UNAUTHORIZED, a malformed-frame flood); None otherwise.
+        self.close_reason: str | None = None
         self.connection_error: str | None = None
         self.reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -226,16 +229,24 @@ class MinerLink:
             self._on_event(event, mono)
         for message in received.outgoing:
             self.post(dumps(message))
-        if received.close:
-            self.closed_by_us = True  # no reconnects, no error events from here on
+        if received.close and not self.closed_by_us:
+            self.closed_by_us = True  # no reconnects, no error events, no more frames read
+            if self.close_reason is None:
+                self.close_reason = "connection closed by the validator"
             self.spawn(self._close_requested())
 
     async def _close_requested(self) -> None:
-        """The miner said we are unknown/inactive: close our side (spec A §1.8); no reconnects."""
-        self.closed_by_us = True
+        """The session asked to close, for the miner's fault (it said we are unknown/inactive,
+        spec A §1.8, or it flooded us with malformed frames): close our side, no reconnects.
+
+        The manifest wait is woken (there will be no manifest): a miner closed on before its
+        manifest ends as MANIFEST_ERROR with `close_reason`, the miner's fault, instead of waiting
+        out the window as a MANIFEST_TIMEOUT. Nothing else is woken: the jobs of a closed link get
+        no further answers and are judged at their own deadlines like any silent miner's.
+        """
+        self.manifest_event.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.transport.close(), 1.0)
-        self.manifest_event.set()  # wake the manifest wait: there will be none
 
     def _on_event(self, event: SessionEvent, mono: float) -> None:
         listener = self._listener
@@ -245,7 +256,23 @@ class MinerLink:
             listener.on_manifest(self)
             return
         if isinstance(event, MinerError):
+            if event.close:
+                self.close_reason = f"connection closed by the validator after an {event.subtype} error"
             listener.on_miner_event(self, str(event.subtype), event.details or "", {})
+            return
+        if isinstance(event, MalformedFlood):
+            self.close_reason = (
+                f"connection closed by the validator: {event.malformed_frames} malformed frames "
+                f"within {event.window_s:g} s"
+            )
+            data = {
+                "reason": "malformed frame flood",
+                "malformed_frames": event.malformed_frames,
+                "window_s": event.window_s,
+                "bytes_received": event.bytes_received,
+                "bytes_replied": event.bytes_replied,
+            }
+            listener.on_miner_event(self, "UNEXPECTED_MESSAGE", f"{self.close_reason} from {self.name}", data)
             return
         if isinstance(event, Unauthorized):
             listener.on_miner_event(self, "UNAUTHORIZED", f"{event.code}: {event.details or ''}", {})

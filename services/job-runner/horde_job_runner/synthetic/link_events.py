@@ -1,8 +1,8 @@
 """`LinkEvents`: what a shard does when one of its miner links reports something.
 
 `MinerLink` calls these (the `LinkListener` protocol) from its reader as frames arrive: a manifest
-starts that miner's job generation at once, an accept is answered with a signed JobAccepted
-receipt, and a spin-up or final answer wakes the phase that waits for it.
+is capped and starts that miner's job generation at once, an accept is answered with a signed
+JobAccepted receipt, and a spin-up or final answer wakes the phase that waits for it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from horde_common.protocol.miner.validator_messages import V0JobAcceptedReceiptR
 from horde_job_runner.synthetic import receipts as rc
 from horde_job_runner.synthetic.link import MinerLink
 from horde_job_runner.synthetic.model import JobState
-from horde_job_runner.synthetic.scoring import cap_executor_counts
+from horde_job_runner.synthetic.scoring import (
+    MAX_EXECUTORS_PER_CLASS,
+    MAX_EXECUTORS_PER_MINER,
+    cap_manifest,
+)
 from horde_job_runner.synthetic.shard_state import S, ShardState, T
 
 __all__ = ["LinkEvents"]
@@ -39,7 +43,21 @@ class LinkEvents(ShardState):
                 f"manifest of {link.name} has unknown integer executor classes {invalid}",
                 miner_hotkey=link.hotkey,
             )
-        capped = cap_executor_counts(manifest.executor_counts(), self.dynamic.miner_max_executors_per_class)
+        # Capped before anything is generated or stored: the rows hold the capped counts.
+        capping = cap_manifest(manifest.executor_counts(), self.dynamic.miner_max_executors_per_class)
+        capped = capping.counts
+        if capping.excess:
+            self._event(
+                T.MINER_SYNTHETIC_JOB_FAILURE,
+                S.MANIFEST_ERROR,
+                f"manifest of {link.name} claims more executors than the validator accepts: "
+                + ", ".join(f"{c}: {n} -> {k}" for c, (n, k) in capping.excess.items()),
+                miner_hotkey=link.hotkey,
+                claimed={str(c): n for c, (n, _) in capping.excess.items()},
+                capped={str(c): k for c, (_, k) in capping.excess.items()},
+                max_executors_per_class=MAX_EXECUTORS_PER_CLASS,
+                max_executors_per_miner=MAX_EXECUTORS_PER_MINER,
+            )
         self.counts[link.hotkey] = capped
         hashcat = [(str(c), n) for c, n in capped.items() if c != LLM_EXECUTOR_CLASS]
         if hashcat:

@@ -83,7 +83,7 @@ class ManifestPhase(LinkEvents):
             if link.manifest is None:
                 failure = (
                     "MANIFEST_ERROR",
-                    "connection closed by the validator after an UNAUTHORIZED error",
+                    link.close_reason or "connection closed by the validator after an UNAUTHORIZED error",
                     {},
                 )
         except MinerConnectionError as exc:

@@ -9,32 +9,88 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from horde_common.protocol.miner.executor_class import ExecutorClass
 
 __all__ = [
+    "MAX_EXECUTORS_PER_CLASS",
+    "MAX_EXECUTORS_PER_MINER",
+    "CappedCounts",
     "FinalKind",
     "JobVerdict",
     "Verifier",
     "cap_executor_counts",
+    "cap_manifest",
     "manifest_multiplier",
     "score_job",
     "score_str",
 ]
 
 
+# Absolute ceilings on what a manifest may claim, so that no claim (10^9 executors, say) can make the
+# validator build more jobs than a real miner could ever run. November-2024 miners run a handful to a
+# few tens of executors per class (each one a GPU machine the miner pays for), so 128 per class is an
+# order of magnitude above any honest manifest, yet 128 jobs cost only ~0.2 s of worker CPU at
+# production difficulty (~1.5 ms each) and ~8 MB of job payloads (62 KB each).
+MAX_EXECUTORS_PER_CLASS: Final = 128
+# Over all classes of one miner: two full classes. Bounds one miner's share of a batch's generation
+# (~0.4 s of worker CPU, ~16 MB of payloads) even where a dynamic per-class cap is higher.
+MAX_EXECUTORS_PER_MINER: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CappedCounts:
+    """A manifest's counts after capping.
+
+    `counts`: what the batch uses (jobs, `MinerManifest` rows). `excess`: class -> (claimed, kept)
+    for the classes cut by the absolute ceilings, i.e. claims beyond what any miner runs: the
+    miner's fault (a MANIFEST_ERROR event). A cut by a dynamic cap is the operator's policy, not a
+    fault, and is not listed.
+    """
+
+    counts: dict[ExecutorClass, int]
+    excess: dict[ExecutorClass, tuple[int, int]]
+
+
+def cap_manifest(
+    counts: Mapping[ExecutorClass, int],
+    max_per_class: Mapping[str, int],
+    *,
+    class_ceiling: int = MAX_EXECUTORS_PER_CLASS,
+    miner_ceiling: int = MAX_EXECUTORS_PER_MINER,
+) -> CappedCounts:
+    """Cap every class before any job is generated.
+
+    A class listed in `DYNAMIC_MINER_MAX_EXECUTORS_PER_CLASS` (already parsed) gets `min(count,
+    limit)` (0 disables it); an unlisted class gets at most `class_ceiling`. Then the classes share
+    `miner_ceiling`, in the fixed order of `ExecutorClass` (never the miner's order, so that the
+    miner cannot choose which class survives). Classes left at 0 drop out.
+    """
+    out: dict[ExecutorClass, int] = {}
+    excess: dict[ExecutorClass, tuple[int, int]] = {}
+    budget = miner_ceiling
+    order = list(ExecutorClass)
+    for executor_class in sorted(counts, key=order.index):
+        claimed = counts[executor_class]
+        limit = max_per_class.get(str(executor_class))
+        allowed = min(claimed, limit) if limit is not None else claimed
+        kept = min(allowed, budget) if limit is not None else min(allowed, class_ceiling, budget)
+        kept = max(kept, 0)
+        budget -= kept
+        if kept < allowed:
+            excess[executor_class] = (claimed, kept)
+        if kept > 0:
+            out[executor_class] = kept
+    return CappedCounts(out, excess)
+
+
 def cap_executor_counts(
     counts: Mapping[ExecutorClass, int], max_per_class: Mapping[str, int]
 ) -> dict[ExecutorClass, int]:
-    """Apply `DYNAMIC_MINER_MAX_EXECUTORS_PER_CLASS` (already parsed): `min(count, limit)` per listed
-    class, a limit of 0 disables the class, unlisted classes are unlimited; classes left at 0 drop out."""
-    out: dict[ExecutorClass, int] = {}
-    for executor_class, count in counts.items():
-        limit = max_per_class.get(str(executor_class))
-        capped = count if limit is None else min(count, limit)
-        if capped > 0:
-            out[executor_class] = capped
-    return out
+    """The counts a batch uses (`cap_manifest(...).counts`): the dynamic caps where set, otherwise
+    `MAX_EXECUTORS_PER_CLASS`, and at most `MAX_EXECUTORS_PER_MINER` in all."""
+    return cap_manifest(counts, max_per_class).counts
 
 
 def manifest_multiplier(
@@ -91,8 +147,10 @@ class JobVerdict:
     """The outcome of `score_job`. `score` is the base score (the multiplier is applied later).
 
     `correct` is None when the answer was never checked. `time_failure` marks verdicts that fail on
-    time alone ("timed out", "took too long", "out of order"): these are excused when the validator
-    itself stalled during the job's window.
+    time alone ("timed out", "took too long"): these are excused when the validator itself stalled
+    during the job's window. `out_of_order` (a final response before its job request) is never a
+    time failure: the miner answered a request it had not been sent, a protocol error of its own
+    whatever our loop did.
     """
 
     success: bool
@@ -113,21 +171,28 @@ def score_job(
     time_took: float | None = None,
     timeout: float,
     verify: Verifier | None = None,
+    before_job_request: bool = False,
 ) -> JobVerdict:
     """Spec A §3.10, steps 1–6, for one job.
 
     `time_took` is (validator receive time of the final response − validator time just before the
-    job request was sent), or None when the job request was never sent. `verify` may raise: that is
-    the validator's bug, and the caller must not blame the miner for it.
+    job request was sent), or None when the job request was never sent. `before_job_request` says
+    the final response arrived before we sent the job request (an out-of-order answer; a failure
+    keeps the reference's "failed: returncode" comment but is flagged `out_of_order` too). `verify`
+    may raise: that is the validator's bug, and the caller must not blame the miner for it.
     """
     if final is None:
         return JobVerdict(
             False, None, str(no_final_reason), 0.0, time_failure=no_final_reason is NoFinalReason.TIMED_OUT
         )
     if final is FinalKind.FAILED:
-        return JobVerdict(False, None, f"failed: returncode={exit_status}", 0.0)
-    if time_took is None or time_took <= 0:
-        return JobVerdict(False, None, "out of order job response", 0.0, out_of_order=True)
+        return JobVerdict(
+            False, None, f"failed: returncode={exit_status}", 0.0, out_of_order=before_job_request
+        )
+    if before_job_request or time_took is None or time_took <= 0:
+        return JobVerdict(
+            False, None, "out of order job response", 0.0, time_failure=False, out_of_order=True
+        )
     if verify is None:
         raise ValueError("a finished job needs a verifier")
     correct, comment, score = verify(stdout, time_took)

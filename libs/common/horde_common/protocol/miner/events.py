@@ -124,10 +124,23 @@ class Unauthorized:
 
 @dataclass(frozen=True, slots=True)
 class MalformedMessage:
-    """An invalid frame; `reply` is the GenericError to send back (also in the outgoing list)."""
+    """An invalid frame; `reply` is the GenericError sent back (also in the outgoing list), or None
+    when the reply budget did not allow one (see `flood`: we never send more than we got)."""
 
     error: str
-    reply: GenericError
+    reply: GenericError | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedFlood:
+    """Too many malformed frames within the window: the session asks the caller to close the
+    connection, and the caller records this against the miner. Sent once per session."""
+
+    malformed_frames: int  # in the window that tripped the limit
+    window_s: float
+    bytes_received: int  # payload bytes of all malformed frames so far
+    bytes_replied: int  # wire bytes we spent on GenericError replies so far
     at: datetime
 
 
@@ -152,5 +165,6 @@ SessionEvent = (
     | MinerError
     | Unauthorized
     | MalformedMessage
+    | MalformedFlood
     | IgnoredMessage
 )

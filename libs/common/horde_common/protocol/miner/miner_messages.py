@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
+
+from pydantic import Field
 
 from .base_messages import GenericError, JobMessage, V0MachineSpecsRequest
 from .executor_class import ExecutorClass, parse_executor_class
@@ -16,8 +18,15 @@ class ExecutorClassManifest(WireModel):
     count: int
 
 
+# Entries a manifest may list. Only three classes exist and a November-2024 miner sends one entry
+# per class; 64 leaves room for repeated entries (they are summed) and for classes added later,
+# while a hostile manifest of 100,000 entries is refused before it costs anything. A manifest
+# over the cap is a malformed frame (the miner's fault).
+MAX_MANIFEST_ENTRIES: Final = 64
+
+
 class ExecutorManifest(WireModel):
-    executor_classes: list[ExecutorClassManifest]
+    executor_classes: list[ExecutorClassManifest] = Field(max_length=MAX_MANIFEST_ENTRIES)
 
     def executor_counts(self) -> dict[ExecutorClass, int]:
         """Executors per class as the batch counts them (spec A §3.4).

@@ -10,16 +10,16 @@ and makes the guarantees hold whatever the transport does:
   ignored as unknown or foreign;
 * the first answer of each kind wins, and once a job has an outcome (declined, executor failed,
   finished, failed) nothing changes it (§6 #13); "ready" after a decline is ignored (fixes B.4);
-* `receive` never raises: any frame, however broken, becomes events.
+* `receive` never raises: any frame, however broken, becomes events; malformed frames are answered
+  only within a byte budget, and a flood of them closes the connection (`flood`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -35,6 +35,7 @@ from .events import (
     JobFailed,
     JobFinished,
     MachineSpecsReceived,
+    MalformedFlood,
     MalformedMessage,
     ManifestReceived,
     MinerError,
@@ -43,6 +44,8 @@ from .events import (
     Unauthorized,
 )
 from .executor_class import ExecutorClass
+from .flood import MalformedFramePolicy, frame_size
+from .job_state import JobOutcome, JobRecord, JobView
 from .miner_messages import (
     ExecutorManifest,
     MinerMessage,
@@ -56,6 +59,7 @@ from .miner_messages import (
     V0JobFinishedRequest,
 )
 from .parsing import ProtocolError, dumps, parse_miner_message
+from .registry import JobRegistry
 from .validator_messages import (
     AuthenticationPayload,
     V0AuthenticateRequest,
@@ -73,53 +77,6 @@ Signer = Callable[[str], str]
 """Signs a blob with the validator hotkey and returns `"0x"`+hex (e.g. `partial(crypto.sign, keypair)`)."""
 
 _UNAUTHORIZED_PREFIXES = ("unknown validator", "inactive validator")
-
-
-class JobOutcome(StrEnum):
-    DECLINED = "declined"
-    EXECUTOR_FAILED = "executor_failed"
-    FINISHED = "finished"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class JobView:
-    """A snapshot of what the session knows about one job; the first answer of each kind."""
-
-    job_uuid: str
-    executor_class: ExecutorClass | None
-    initial_sent_at: datetime | None = None
-    accept: V0AcceptJobRequest | V0DeclineJobRequest | None = None
-    accept_at: datetime | None = None
-    executor: V0ExecutorReadyRequest | V0ExecutorFailedRequest | None = None
-    executor_at: datetime | None = None
-    job_request_sent_at: datetime | None = None
-    final: V0JobFinishedRequest | V0JobFailedRequest | None = None
-    final_at: datetime | None = None
-    final_before_job_request: bool = False
-    machine_specs: V0MachineSpecsRequest | None = None  # the last one
-    outcome: JobOutcome | None = None
-
-    @property
-    def is_ready(self) -> bool:
-        """Eligible for the V0JobRequest: executor ready, no outcome yet."""
-        return isinstance(self.executor, V0ExecutorReadyRequest) and self.outcome is None
-
-
-class JobRegistry:
-    """Which session owns which job id. Shared by the sessions of one batch, so that a miner
-    answering for another miner's job is recognised as such ("foreign") rather than "unknown"."""
-
-    def __init__(self) -> None:
-        self._owners: dict[str, str] = {}
-
-    def register(self, job_uuid: str, owner: str) -> None:
-        current = self._owners.setdefault(job_uuid, owner)
-        if current != owner:
-            raise ValueError(f"job {job_uuid} is already registered to {current}")
-
-    def owner(self, job_uuid: str) -> str | None:
-        return self._owners.get(job_uuid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +110,7 @@ class MinerSession:
         miner_address: str,
         miner_port: int,
         registry: JobRegistry | None = None,
+        flood: MalformedFramePolicy | None = None,
     ) -> None:
         self.validator_hotkey = validator_hotkey
         self.miner_hotkey = miner_hotkey
@@ -162,12 +120,13 @@ class MinerSession:
         self.name = f"{miner_hotkey}({miner_address}:{miner_port})"
         self._sign = sign
         self._registry = registry if registry is not None else JobRegistry()
-        self._jobs: dict[str, JobView] = {}
+        self._jobs: dict[str, JobRecord] = {}
         self.connected_now = False
         self.connections = 0
         self.close_requested = False
         self.manifest: ExecutorManifest | None = None
         self.manifest_at: datetime | None = None
+        self.flood = flood if flood is not None else MalformedFramePolicy()
 
     @classmethod
     def with_keypair(
@@ -221,13 +180,16 @@ class MinerSession:
     def register_job(self, job_uuid: str, executor_class: ExecutorClass | None = None) -> None:
         """Declare that `job_uuid` belongs to this miner; only then are its messages accepted."""
         self._registry.register(job_uuid, self.name)
-        self._jobs.setdefault(job_uuid, JobView(job_uuid=job_uuid, executor_class=executor_class))
+        if job_uuid not in self._jobs:
+            self._jobs[job_uuid] = JobRecord(job_uuid, executor_class)
 
     def job(self, job_uuid: str) -> JobView | None:
-        return self._jobs.get(job_uuid)
+        """A snapshot of the job's state (it does not follow later changes), or None."""
+        record = self._jobs.get(job_uuid)
+        return None if record is None else record.view()
 
     def jobs(self) -> dict[str, JobView]:
-        return dict(self._jobs)
+        return {job_uuid: record.view() for job_uuid, record in self._jobs.items()}
 
     def outgoing(self, message: BaseModel, now: datetime) -> str:
         """Serialise a message the caller is about to send, recording job-state changes.
@@ -236,19 +198,32 @@ class MinerSession:
         initial request, and a final answer before the job request is flagged as out of order.
         Raises ValueError for a job not registered to this session (a caller bug, not peer input).
         """
-        if isinstance(message, V0InitialJobRequest | V0JobRequest):
-            job = self._jobs.get(message.job_uuid)
-            if job is None:
-                raise ValueError(f"job {message.job_uuid} is not registered to {self.name}")
-            if isinstance(message, V0InitialJobRequest):
-                if job.initial_sent_at is None:
-                    job = replace(job, initial_sent_at=now)
-                if job.executor_class is None:
-                    job = replace(job, executor_class=message.executor_class)
-            elif job.job_request_sent_at is None:
-                job = replace(job, job_request_sent_at=now)
-            self._jobs[job.job_uuid] = job
+        if isinstance(message, V0InitialJobRequest):
+            self.initial_request_sent(message.job_uuid, message.executor_class, now)
+        elif isinstance(message, V0JobRequest):
+            self.job_request_sent(message.job_uuid, now)
         return dumps(message)
+
+    def initial_request_sent(self, job_uuid: str, executor_class: ExecutorClass | None, now: datetime) -> None:
+        """Record a `V0InitialJobRequest` the caller serialised itself (byte for byte `dumps` of
+        the message, e.g. with its volume spliced in): what `outgoing` records for one."""
+        job = self._registered(job_uuid)
+        if job.initial_sent_at is None:
+            job.initial_sent_at = now
+        if job.executor_class is None:
+            job.executor_class = executor_class
+
+    def job_request_sent(self, job_uuid: str, now: datetime) -> None:
+        """Record a `V0JobRequest` the caller serialised itself: what `outgoing` records for one."""
+        job = self._registered(job_uuid)
+        if job.job_request_sent_at is None:
+            job.job_request_sent_at = now
+
+    def _registered(self, job_uuid: str) -> JobRecord:
+        job = self._jobs.get(job_uuid)
+        if job is None:
+            raise ValueError(f"job {job_uuid} is not registered to {self.name}")
+        return job
 
     # --------------------------------------------------------------------------------- receive
 
@@ -259,7 +234,7 @@ class MinerSession:
             try:
                 message = parse_miner_message(raw)
             except ProtocolError as exc:
-                self._malformed(pending, exc.text, now)
+                self._malformed(pending, exc.text, frame_size(raw), now)
             else:
                 self._dispatch(pending, message, now)
         except Exception:
@@ -267,12 +242,22 @@ class MinerSession:
             pending.events.append(IgnoredMessage(IgnoreReason.INTERNAL_ERROR, "?", None, now))
         return pending.done()
 
-    def _malformed(self, pending: _Pending, error: str, now: datetime) -> None:
+    def _malformed(self, pending: _Pending, error: str, size: int, now: datetime) -> None:
         details = f"Malformed message from miner {self.name}: {error}"
         logger.info("%s", details)
-        reply = GenericError(details=details)
+        flood = self.flood
+        tripped = flood.record(size, now)
+        # len(details) is a lower bound of the reply's size: skip serialising what cannot fit.
+        reply = GenericError(details=details) if flood.affordable(len(details)) else None
+        if reply is not None and not flood.spend(len(dumps(reply).encode())):
+            reply = None
         pending.events.append(MalformedMessage(error=error, reply=reply, at=now))
-        pending.outgoing.append(reply)
+        if reply is not None:
+            pending.outgoing.append(reply)
+        if tripped:  # the caller closes the connection and records the flood against the miner
+            self.close_requested = pending.close = True
+            window_s, got, spent = flood.window.total_seconds(), flood.bytes_received, flood.bytes_replied
+            pending.events.append(MalformedFlood(flood.limit, window_s, got, spent, now))
 
     def _ignore(
         self, pending: _Pending, reason: IgnoreReason, message: BaseModel, now: datetime, detail: str = ""
@@ -318,7 +303,7 @@ class MinerSession:
             return
         if isinstance(message, V0MachineSpecsRequest):
             # Last wins: telemetry only, and the miner controls it anyway.
-            self._jobs[job.job_uuid] = replace(job, machine_specs=message)
+            job.machine_specs = message
             pending.events.append(MachineSpecsReceived(job.job_uuid, message, now))
         elif isinstance(message, V0AcceptJobRequest | V0DeclineJobRequest):
             self._on_accept(pending, job, message, now)
@@ -328,7 +313,7 @@ class MinerSession:
             self._on_final(pending, job, message, now)
 
     def _blocked(
-        self, pending: _Pending, job: JobView, already: object, message: JobMessage, now: datetime
+        self, pending: _Pending, job: JobRecord, already: object, message: JobMessage, now: datetime
     ) -> bool:
         """First wins; and nothing after an outcome may record anything."""
         if already is not None:
@@ -344,44 +329,41 @@ class MinerSession:
     def _on_accept(
         self,
         pending: _Pending,
-        job: JobView,
+        job: JobRecord,
         message: V0AcceptJobRequest | V0DeclineJobRequest,
         now: datetime,
     ) -> None:
         if self._blocked(pending, job, job.accept, message, now):
             return
         if isinstance(message, V0AcceptJobRequest):
-            self._jobs[job.job_uuid] = replace(job, accept=message, accept_at=now)
+            job.accept, job.accept_at = message, now
             pending.events.append(JobAccepted(job.job_uuid, message, now))
         else:
-            self._jobs[job.job_uuid] = replace(
-                job, accept=message, accept_at=now, outcome=JobOutcome.DECLINED
-            )
+            job.accept, job.accept_at, job.outcome = message, now, JobOutcome.DECLINED
             pending.events.append(JobDeclined(job.job_uuid, message, now))
 
     def _on_executor(
         self,
         pending: _Pending,
-        job: JobView,
+        job: JobRecord,
         message: V0ExecutorReadyRequest | V0ExecutorFailedRequest,
         now: datetime,
     ) -> None:
         if self._blocked(pending, job, job.executor, message, now):
             return
         if isinstance(message, V0ExecutorReadyRequest):
-            self._jobs[job.job_uuid] = replace(job, executor=message, executor_at=now)
+            job.executor, job.executor_at = message, now
             pending.events.append(
                 ExecutorReady(job.job_uuid, message, now, without_accept=job.accept is None)
             )
         else:
-            outcome = JobOutcome.EXECUTOR_FAILED
-            self._jobs[job.job_uuid] = replace(job, executor=message, executor_at=now, outcome=outcome)
+            job.executor, job.executor_at, job.outcome = message, now, JobOutcome.EXECUTOR_FAILED
             pending.events.append(ExecutorFailed(job.job_uuid, message, now))
 
     def _on_final(
         self,
         pending: _Pending,
-        job: JobView,
+        job: JobRecord,
         message: V0JobFinishedRequest | V0JobFailedRequest,
         now: datetime,
     ) -> None:
@@ -390,9 +372,8 @@ class MinerSession:
         early = job.job_request_sent_at is None
         finished = isinstance(message, V0JobFinishedRequest)
         outcome = JobOutcome.FINISHED if finished else JobOutcome.FAILED
-        self._jobs[job.job_uuid] = replace(
-            job, final=message, final_at=now, final_before_job_request=early, outcome=outcome
-        )
+        job.final, job.final_at, job.final_before_job_request = message, now, early
+        job.outcome = outcome
         if isinstance(message, V0JobFinishedRequest):
             pending.events.append(JobFinished(job.job_uuid, message, now, before_job_request=early))
         else:
