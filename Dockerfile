@@ -16,6 +16,9 @@ FROM ${PYTHON_IMAGE} AS builder
 
 COPY --from=uv /uv /uvx /usr/local/bin/
 
+# UV_COMPILE_BYTECODE: the .pyc files ship in the image. The runtime sets PYTHONDONTWRITEBYTECODE
+# (read-only, non-root), so without them every start would recompile the whole import graph
+# (`horde --help` 2.5 s instead of 1.3 s).
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \

@@ -45,15 +45,16 @@ def wait_for_database(url: str, timeout_s: float, *, server_only: bool = False) 
 
 
 async def _ensure(url: str) -> bool:
-    from horde_common.db.migrate import database_name, maintenance_url
-
     dsn = _plain_dsn(url)
-    dbname = database_name(dsn)
     try:
         await _try_connect(dsn)
         return False
     except asyncpg.InvalidCatalogNameError:
         pass
+    # Only now: the migrate module imports Alembic (~0.3 s), which an existing database never needs.
+    from horde_common.db.migrate import database_name, maintenance_url
+
+    dbname = database_name(dsn)
     # make_url(...).set(database=...): the query (`?ssl=require`, ...) must reach the maintenance db too.
     conn = await asyncpg.connect(maintenance_url(dsn), timeout=CONNECT_ATTEMPT_TIMEOUT_S)
     try:

@@ -9,9 +9,17 @@ localnet dev miners `//horde-miner-0 .. //horde-miner-{N-1}` (the simulator flee
 No scheduler and no chain: the validator key comes from the usual settings (`HOTKEY_SEED` or the
 wallet), the database from `DATABASE_URL` (created and migrated if needed). A live progress display
 goes to stderr; the jobs go to stdout as a table, or with `--json` as one JSON object
-`{"jobs": [{job_uuid, executor_class, status, score, comment}, ...]}`. The exit status is 0 when
-the batch ran and was stored, whatever the miners did; 1 when it could not run or be stored;
-2 for a configuration error.
+`{"batch_id": N, "jobs": [{job_uuid, executor_class, status, score, comment, miner_hotkey}, ...],
+"miner_failures": [{miner_hotkey, address, port, kind, detail}, ...]}`. Each miner that got no job
+gets one line on stderr saying why: `cannot connect`, `unauthorized` (e.g. "Unknown validator") or
+`no manifest`, with the detail its system event stores.
+
+Exit status (`EXIT_*`): 0 when the batch ran and was stored, whatever the miners did with their jobs;
+1 when it could not run or be stored; 2 for a configuration error; 3 when no job ran because every
+miner failed (cannot connect, unauthorized, no manifest), so that a script notices a dead setup.
+
+stderr lines are never wrapped (`soft_wrap`): they are meant for grep and logs, not only terminals.
+The generator worker processes are stopped, and waited for, before the command returns.
 """
 
 from __future__ import annotations
@@ -28,7 +36,13 @@ from rich.table import Table
 
 from horde_common.config import ConfigError, get_settings
 
-__all__ = ["run_synthetic_jobs_command"]
+__all__ = ["EXIT_ALL_MINERS_FAILED", "run_synthetic_jobs_command"]
+
+EXIT_NOT_RUN = 1  # the batch could not run or its results could not be stored
+EXIT_CONFIG = 2  # a configuration error (one line naming the setting)
+EXIT_ALL_MINERS_FAILED = 3  # no job ran: every miner failed before any job (see the stderr lines)
+# As `horde migrate`: long enough for a database container that is still starting.
+DATABASE_WAIT_S = 30.0
 
 _STAGE_LABELS = {
     "_db_get_previous_online_executor_count": "reading the previous batch",
@@ -93,13 +107,13 @@ def _jobs_table(jobs: list[dict[str, object]], batch_id: int) -> Table:
 
 def run_synthetic_jobs_command(json_output: bool) -> None:
     """The command body (registered by `horde_cli.main` as `horde debug run-synthetic-jobs`)."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     out = Console()
     try:
         settings = get_settings()
     except ConfigError as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
 
     from horde_common.crypto import load_hotkey
     from horde_common.telemetry import configure_logging
@@ -112,15 +126,16 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
         keypair = load_hotkey(settings)
     except (DebugConfigError, ConfigError) as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
 
     from horde_cli import database
 
     url = settings.database_url
-    ok, why = database.wait_for_database(url.rsplit("/", 1)[0] + "/postgres", 30)
+    # A missing database counts as up (the server answered): it is created just below.
+    ok, why = database.wait_for_database(url, DATABASE_WAIT_S, server_only=True)
     if not ok:
-        err.print(f"[red]database unreachable:[/] {why}")
-        raise typer.Exit(1)
+        err.print(f"[red]database unreachable:[/] {why}", highlight=False)
+        raise typer.Exit(EXIT_NOT_RUN)
     database.ensure_database(url)
 
     err.print(
@@ -133,7 +148,11 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
             batch = asyncio.run(run_debug_batch(settings, keypair, miners, progress=_Progress(live)))
     except Exception as exc:
         err.print(f"[red]the batch could not run:[/] {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_NOT_RUN) from None
+    finally:
+        from horde_job_runner.synthetic.generation import shutdown_pool
+
+        shutdown_pool()  # no generator worker may outlive the command
 
     jobs = [j.as_json() for j in batch.jobs]
     if json_output:
@@ -146,6 +165,16 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
                 }
                 for j in jobs
             ],
+            "miner_failures": [
+                {
+                    "miner_hotkey": f.hotkey,
+                    "address": f.address,
+                    "port": f.port,
+                    "kind": f.kind,
+                    "detail": f.detail,
+                }
+                for f in batch.miner_failures
+            ],
         }
         sys.stdout.write(json.dumps(payload) + "\n")
         sys.stdout.flush()
@@ -154,7 +183,12 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
     result = batch.result
     if not result.persisted:
         err.print(f"[red]the batch results were not stored:[/] {result.error}", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NOT_RUN)
     if not result.ok:
         err.print(f"[yellow]validator-side failure during the batch:[/] {result.error}", highlight=False)
+    for failure in batch.miner_failures:
+        err.print(failure.line(), style="red", markup=False, highlight=False)
     err.print(f"batch {batch.batch_id}: {len(jobs)} job(s) stored", highlight=False)
+    if batch.every_miner_failed:
+        err.print(f"[red]no job ran: all {batch.miner_count} miner(s) failed[/]", highlight=False)
+        raise typer.Exit(EXIT_ALL_MINERS_FAILED)

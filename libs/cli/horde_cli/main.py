@@ -1,48 +1,71 @@
-"""The `horde` command: one entry point for operators (typer + rich)."""
+"""The `horde` command: one entry point for operators (typer + rich).
+
+Every command imports what it needs inside its body: `horde --help` must answer at once, and an
+operator's `horde status` should not pay for SQLAlchemy, the broker client or the chain library.
+`tests/test_cli_imports.py` holds the line: importing this module loads none of them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import runpy
-import signal
+import functools
 import sys
 import time
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from horde_cli import database, localnet
-from horde_cli.status import probe_all, status_table
-from horde_common.config import ConfigError, get_settings
 from horde_common.service_ports import SERVICE_PORTS, service_module
-from horde_localnet.config import DEFAULT_TOPOLOGY, Topology
 
-app = typer.Typer(help="horde-validator: a ComputeHorde (subnet 12) validator.", no_args_is_help=True)
-localnet_app = typer.Typer(help="A whole subnet on this machine.", no_args_is_help=True)
-debug_app = typer.Typer(help="Operator debugging tools.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from horde_common.config import Settings
+    from horde_localnet.config import Topology
+
+# Plain help (click's formatter): typer's rich help imports rich, markdown-it and pygments, 0.4 s of
+# CPU on every `--help`. The commands' own tables and progress still use rich.
+HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
+
+app = typer.Typer(help="horde-validator: a ComputeHorde (subnet 12) validator.", **HELP_STYLE)
+localnet_app = typer.Typer(help="A whole subnet on this machine.", **HELP_STYLE)
+debug_app = typer.Typer(help="Operator debugging tools.", **HELP_STYLE)
 app.add_typer(localnet_app, name="localnet")
 app.add_typer(debug_app, name="debug")
 
-console = Console()
-err = Console(stderr=True)
+
+@functools.cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
 
 
-def _settings():  # type: ignore[no-untyped-def]
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _settings() -> Settings:
+    from horde_common.config import ConfigError, get_settings
+
     try:
         return get_settings()
     except ConfigError as exc:
-        err.print(f"[red]config error:[/] {exc}", highlight=False)
+        _err().print(f"[red]config error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
 
 @app.command()
 def migrate() -> None:
     """Create the database if missing and apply every Alembic migration."""
+    from horde_cli import database
     from horde_common.db.migrate import upgrade
 
+    console, err = _console(), _err()
     url = _settings().database_url
     ok, why = database.wait_for_database(url, 30, server_only=True)
     if not ok:
@@ -57,6 +80,9 @@ def migrate() -> None:
 @app.command("wait-for-database")
 def wait_for_database(timeout: Annotated[float, typer.Option(help="seconds")] = 60.0) -> None:
     """Block until the database accepts connections (exit 1 after --timeout)."""
+    from horde_cli import database
+
+    console, err = _console(), _err()
     ok, why = database.wait_for_database(_settings().database_url, timeout)
     if not ok:
         err.print(f"[red]database not reachable after {timeout:.0f} s:[/] {why}")
@@ -67,10 +93,12 @@ def wait_for_database(timeout: Annotated[float, typer.Option(help="seconds")] = 
 @app.command()
 def run(service: Annotated[str, typer.Argument(help=", ".join(SERVICE_PORTS))]) -> None:
     """Run one service in the foreground (same as `python -m horde_<service>`)."""
+    import runpy
+
     try:
         module = service_module(service)
     except KeyError as exc:
-        err.print(f"[red]{exc.args[0]}[/]")
+        _err().print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(2) from None
     sys.argv = [module]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -79,8 +107,10 @@ def run(service: Annotated[str, typer.Argument(help=", ".join(SERVICE_PORTS))]) 
 @app.command()
 def status(host: Annotated[str, typer.Option(help="where the services listen")] = "127.0.0.1") -> None:
     """A table of every service's readiness (from /readyz). Exit 1 unless all are ready."""
+    from horde_cli.status import probe_all, status_table
+
     statuses = probe_all(host)
-    console.print(status_table(statuses))
+    _console().print(status_table(statuses))
     if not all(s.ready for s in statuses):
         raise typer.Exit(1)
 
@@ -91,6 +121,13 @@ def localnet_up(
     block_interval: Annotated[float, typer.Option(help="seconds per simulated block")] = 0.2,
 ) -> None:
     """Migrate, then start the chain and miner simulators and all five services."""
+    import dataclasses
+    import signal
+
+    from horde_cli import localnet
+    from horde_localnet.config import DEFAULT_TOPOLOGY
+
+    console, err = _console(), _err()
     existing = localnet.load_state()
     if existing and any(localnet._alive(pid) for pid in existing.values()):
         err.print("[yellow]a localnet is already running; `horde localnet down` first[/]")
@@ -137,14 +174,19 @@ def localnet_up(
 @localnet_app.command("down")
 def localnet_down() -> None:
     """Stop a localnet started with `--detach`."""
+    from horde_cli import localnet
+
     pids = localnet.load_state()
     if not pids:
-        console.print("no localnet is running")
+        _console().print("no localnet is running")
         return
     _down(pids)
 
 
 def _down(pids: dict[str, int]) -> None:
+    from horde_cli import localnet
+
+    console = _console()
     with console.status("stopping localnet…"):
         outcome = localnet.stop_pids(pids)
     localnet.STATE_FILE.unlink(missing_ok=True)
@@ -152,6 +194,10 @@ def _down(pids: dict[str, int]) -> None:
 
 
 def _where_table(topo: Topology) -> Table:
+    from rich.table import Table
+
+    from horde_cli import localnet
+
     table = Table(title="localnet is up", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("where")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from horde_localnet import keys
@@ -43,6 +44,12 @@ def _free_port_pair() -> int:
 
 
 async def run_cli(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, Any] | None, str]:
+    code, payload, err, _ = await run_cli_in_session(env, cwd)
+    return code, payload, err
+
+
+async def run_cli_in_session(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, Any] | None, str, int]:
+    """The command in a session of its own (its pid is the session id of all its descendants)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,6 +61,7 @@ async def run_cli(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, Any] |
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 150)
     text = out.decode()
@@ -61,7 +69,19 @@ async def run_cli(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, Any] |
         payload = json.loads(text) if text.strip() else None
     except json.JSONDecodeError:
         pytest.fail(f"stdout is not one JSON object: {text!r}\nstderr: {err.decode()}")
-    return proc.returncode or 0, payload, err.decode()
+    return proc.returncode or 0, payload, err.decode(), proc.pid
+
+
+def session_members(sid: int) -> list[str]:
+    """Live processes in session `sid` (zombies count as gone), as "pid: command line"."""
+    members = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
 
 
 def cli_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -128,3 +148,67 @@ async def test_debug_command_without_miner_settings_is_a_config_error(fresh_db: 
     code, payload, err = await run_cli(cli_env(fresh_db), tmp_path)
     assert code == 2 and payload is None
     assert "DEBUG_MINER_KEY" in err
+
+
+async def test_debug_command_names_each_failed_miner_and_exits_3(fresh_db: str, tmp_path: Path) -> None:
+    """A miner that refuses us ("Unknown validator") and one that is not there (a closed port):
+    one stderr line each saying why, the header on one line however long, and exit 3 (no job ran)."""
+    port = _free_port_pair()
+    refusing_index = 0  # with base_port = P, dev miner i listens on P + i
+    async with MinerFleet(
+        1, base_port=port, behaviours={refusing_index: "unknown_validator"}, first_index=refusing_index
+    ) as fleet:
+        refusing = fleet.miners[0]
+        assert refusing.port == port
+        absent_hotkey = keys.miner_keypair(1).ss58_address  # its port P + 1 has no listener
+        env = cli_env(
+            fresh_db, DEBUG_MINER_KEY=f"{refusing.hotkey},{absent_hotkey}", DEBUG_MINER_PORT=str(port)
+        )
+        code, payload, err = await run_cli(env, tmp_path)
+    assert code == 3, err
+    assert payload is not None and payload["jobs"] == []
+    lines = err.splitlines()
+    header = [line for line in lines if line.startswith("validator ")]
+    assert len(header) == 1, err
+    assert len(header[0]) > 80 and header[0].endswith(f"2 miner(s) at 127.0.0.1:{port}..{port + 1}"), err
+    (refused,) = [line for line in lines if refusing.hotkey in line]
+    assert f"127.0.0.1:{port}: unauthorized:" in refused and "Unknown validator" in refused, err
+    (absent,) = [line for line in lines if absent_hotkey in line]
+    assert f"127.0.0.1:{port + 1}: cannot connect:" in absent, err
+    kinds = {f["miner_hotkey"]: f["kind"] for f in payload["miner_failures"]}
+    assert kinds == {refusing.hotkey: "unauthorized", absent_hotkey: "cannot connect"}
+
+
+async def test_debug_command_with_one_good_miner_of_two_exits_0(fresh_db: str, tmp_path: Path) -> None:
+    """Some jobs ran: exit 0, and the miner that could not be reached still gets its line."""
+    port = _free_port_pair()
+    async with MinerFleet(1, base_port=port, executors={"always_on.gpu-24gb": 1}) as fleet:
+        good = fleet.miners[0]
+        absent_hotkey = keys.miner_keypair(1).ss58_address
+        env = cli_env(fresh_db, DEBUG_MINER_KEY=f"{good.hotkey},{absent_hotkey}", DEBUG_MINER_PORT=str(port))
+        code, payload, err = await run_cli(env, tmp_path)
+    assert code == 0, err
+    assert payload is not None and [j["status"] for j in payload["jobs"]] == ["COMPLETED"]
+    (absent,) = [line for line in err.splitlines() if absent_hotkey in line]
+    assert "cannot connect" in absent
+    assert not [line for line in err.splitlines() if good.hotkey in line and "miner " in line]
+
+
+async def test_debug_command_leaves_no_process_behind(fresh_db: str, tmp_path: Path) -> None:
+    """The generator pool is stopped and waited for: when the command exits, nothing it started
+    (forkserver, generation workers) is still running."""
+    async with MinerFleet(1, executors={"always_on.gpu-24gb": 2}, first_index=302) as fleet:
+        miner = fleet.miners[0]
+        env = cli_env(fresh_db, DEBUG_MINER_KEY=miner.hotkey, DEBUG_MINER_PORT=str(miner.port))
+        code, payload, err, sid = await run_cli_in_session(env, tmp_path)
+    assert code == 0, err
+    assert payload is not None and len(payload["jobs"]) == 2
+    assert session_members(sid) == []
+
+
+def test_head_revisions_without_alembic_match_alembic() -> None:
+    """The command skips Alembic when the database is at this head: it must be Alembic's head."""
+    from horde_common.db.migrate import head
+    from horde_job_runner.synthetic.debug_run import head_revisions
+
+    assert head_revisions() == {head()}
