@@ -79,6 +79,14 @@ class JobGenerator(ABC):
         """The volume to put in `V0InitialJobRequest` (None when it belongs to the job request)."""
         return self.volume() if self.volume_in_initial_req() else None
 
+    def initial_request_volume_json(self) -> str | None:
+        """`initial_request_volume()` as the wire JSON the protocol model writes (`null` for none),
+        when the generator can give it without a serialiser; None: the caller uses the model.
+
+        It lets the job runner splice a 62 KB volume into the frame instead of having it scanned
+        and copied by a JSON encoder for every job (`synthetic/wire_frames.py`)."""
+        return None
+
     def job_request_volume(self) -> Volume | None:
         """The volume to put in `V0JobRequest` (None when it was sent with the initial request)."""
         return None if self.volume_in_initial_req() else self.volume()

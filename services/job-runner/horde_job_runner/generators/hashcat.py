@@ -20,22 +20,21 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import itertools
 import math
-import operator
 import pickle
 import random
-import string
 import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
+from typing import Any
 
 from horde_common.config import HashcatDifficulty
 
-from .base import PRESET_NVIDIA_ALL, Entropy, JobGenerator, Verdict, Volume, random_chars
+from .base import PRESET_NVIDIA_ALL, Entropy, JobGenerator, Verdict, Volume
 from .hashcat_crypto import answer_for, fernet_encrypt, fernet_key, hashers, single_file_zip_b64
+from .hashcat_passwords import ALPHANUMERIC, DIGITS, random_passwords, salted_hash_list
 from .hashcat_script import V1_SCRIPT, V2_SCRIPT
 
 __all__ = [
@@ -53,9 +52,6 @@ __all__ = [
     "single_file_zip_b64",
 ]
 
-ALPHANUMERIC = string.ascii_letters + string.digits
-"""Characters of the "letters" positions: all 62 alphanumerics (hashcat charset `?l?d?u`)."""
-DIGITS = string.digits
 HASHCAT_CHARSET_1 = "?l?d?u"
 PAYLOAD_FILE = "payload.txt"
 FIRST_PASSWORD_RANDOM_CHARS = 48
@@ -171,46 +167,12 @@ def mask_for(flavour: HashcatFlavour, params: HashParams) -> str:
     return "?1" * params.num_letters + "?d" * params.num_digits
 
 
-def _random_passwords(rng: random.Random, params: HashParams) -> list[str]:
-    """`num_hashes` distinct passwords (letters then digits), sorted.
-
-    Built column by column (`chars[k::length]` is position k of every password) and zipped back
-    together, so the per-password work runs in C: this runs 300 times per production job.
-    """
-    if params.num_hashes > params.keyspace:
-        raise ValueError(f"cannot draw {params.num_hashes} distinct passwords from {params}")
-    letters, digits = params.num_letters, params.num_digits
-    found: set[str] = set()
-    while len(found) < params.num_hashes:
-        need = params.num_hashes - len(found)
-        letter_chars = random_chars(rng, ALPHANUMERIC, need * letters)
-        digit_chars = random_chars(rng, DIGITS, need * digits)
-        columns = [letter_chars[k::letters] for k in range(letters)]
-        columns += [digit_chars[k::digits] for k in range(digits)]
-        found.update(map("".join, zip(*columns, strict=True)))
-    return sorted(found)
-
-
-def _hash_list(alg: HashAlgorithm, salt: bytes, passwords: list[str]) -> str:
-    """The hashcat input: one `"{hash_hex}:{salt_hex}"` line per password.
-
-    `map` over C callables keeps the loop out of the interpreter (300 hashes per production job).
-    """
-    hasher = _HASHERS[alg.hashlib_name]
-    suffix = ":" + salt.hex()
-    salted = map(bytes.__add__, map(str.encode, passwords), itertools.repeat(salt))
-    digests = map(_HEXDIGEST, map(hasher, salted))
-    return (suffix + "\n").join(digests) + suffix
-
-
-_HEXDIGEST = operator.methodcaller("hexdigest")
-
-
 class HashcatJobGenerator(JobGenerator):
     """A hashcat job for any non-LLM executor class.
 
     Everything (passwords, salts, hashes, encryption, the zipped volume, the expected answer) is
     computed in `__init__`: CPU-heavy, ~1 ms with production parameters. The accessors are then free.
+    A pickled copy (from a worker process) has everything but `passwords` (see `__reduce__`).
     """
 
     def __init__(
@@ -250,7 +212,7 @@ class HashcatJobGenerator(JobGenerator):
             )
             self.passwords: tuple[list[str], ...] = ([password],)
         else:
-            self.passwords = tuple(_random_passwords(entropy.rng, p) for p in self.params)
+            self.passwords = tuple(random_passwords(entropy.rng, p) for p in self.params)
 
         self.first_password: str | None = None
         if self.flavour is HashcatFlavour.V2:
@@ -258,7 +220,7 @@ class HashcatJobGenerator(JobGenerator):
             self.first_password = f"{miner_hotkey}-{suffix}"
 
         hash_lists = [
-            _hash_list(alg, salt, passwords)
+            salted_hash_list(_HASHERS[alg.hashlib_name], salt, passwords)
             for alg, salt, passwords in zip(self.algorithms, self.salts, self.passwords, strict=True)
         ]
         if self.flavour is HashcatFlavour.V0:
@@ -344,6 +306,12 @@ class HashcatJobGenerator(JobGenerator):
     def volume_in_initial_req(self) -> bool:
         return self.flavour is HashcatFlavour.V2
 
+    def initial_request_volume_json(self) -> str:
+        # `_volume_contents` is base64 (standard alphabet): nothing in it needs a JSON escape.
+        if not self.volume_in_initial_req():
+            return "null"
+        return f'{{"volume_type":"inline","contents":"{self._volume_contents}","relative_path":null}}'
+
     def payload(self) -> bytes:
         """The `payload.txt` inside the volume (decoded on demand)."""
         raw = base64.b64decode(self._volume_contents)
@@ -376,8 +344,47 @@ class HashcatJobGenerator(JobGenerator):
     def job_description(self) -> str:
         return f"Hashcat {self}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Generators are built in worker processes and shipped back. Pickled attribute by
+        attribute, with 300 passwords, enums and dataclasses, that cost ~0.1 ms per job on each
+        side, on top of the volume; now only what sending and judging need travels, as plain
+        values. The passwords stay behind: judging needs only `expected_answer`."""
+        state = (
+            *(self.executor_class, self.weights_version, self.miner_hotkey, str(self.difficulty)),
+            *(self.job_uuid.int, tuple(ALGORITHMS.index(a) for a in self.algorithms), self.salts),
+            *(self.first_password, self.expected_answer, self._volume_contents, self._timeout),
+        )
+        return _rebuild, state
+
     def __str__(self) -> str:
         return _describe(self.flavour, self.algorithms, self.params)
+
+
+def _rebuild(
+    executor_class: str,
+    weights_version: int,
+    miner_hotkey: str,
+    difficulty: str,
+    job_uuid: int,
+    algorithms: tuple[int, ...],
+    salts: tuple[bytes, ...],
+    first_password: str | None,
+    expected_answer: str,
+    volume_contents: str,
+    timeout: int,
+) -> HashcatJobGenerator:
+    """A generator from `HashcatJobGenerator.__reduce__`'s state (without its passwords)."""
+    gen = HashcatJobGenerator.__new__(HashcatJobGenerator)
+    gen.executor_class, gen.weights_version, gen.miner_hotkey = executor_class, weights_version, miner_hotkey
+    gen.flavour = flavour_for(weights_version)
+    gen.difficulty = HashcatDifficulty(difficulty)
+    gen.job_uuid = uuid.UUID(int=job_uuid)
+    gen.algorithms = tuple(ALGORITHMS[i] for i in algorithms)
+    gen.params = tuple(hash_params(weights_version, alg, gen.difficulty) for alg in gen.algorithms)
+    gen.masks = tuple(mask_for(gen.flavour, p) for p in gen.params)
+    gen.salts, gen.first_password, gen.expected_answer = salts, first_password, expected_answer
+    gen._volume_contents, gen._timeout = volume_contents, timeout
+    return gen
 
 
 @functools.lru_cache(maxsize=64)

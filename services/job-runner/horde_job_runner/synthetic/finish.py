@@ -16,8 +16,6 @@ import logging
 from collections import Counter
 
 from horde_common.db.models.enums import JobStatus
-from horde_common.protocol.miner.parsing import dumps
-from horde_common.protocol.miner.validator_messages import V0JobFinishedReceiptRequest
 from horde_job_runner.synthetic import receipts as rc
 from horde_job_runner.synthetic.model import JobState
 from horde_job_runner.synthetic.scoring import (
@@ -210,7 +208,7 @@ class FinishPhase(ShardState):
                 )
                 continue
             time_took_us = int(job.time_took * 1_000_000) if job.time_took is not None else 0
-            payload, signature = rc.finished_receipt(
+            payload, signature, frame = rc.finished_receipt_frame(
                 self.sign,
                 job_uuid=job.job_uuid,
                 miner_hotkey=job.miner_hotkey,
@@ -221,18 +219,15 @@ class FinishPhase(ShardState):
                 now=self.clock.now(),
             )
             job.finished_receipt = (payload, signature)
-            frame = dumps(V0JobFinishedReceiptRequest(payload=payload, signature=signature))
             per_link.setdefault(job.miner_hotkey, []).append((job, frame))
             await self.pacer.tick()
         for hotkey, items in per_link.items():
-            link = self.link_by_hotkey[hotkey]
-            for job, frame in items:
-                link.post(
-                    frame,
-                    timeout_s=self.t.receipt_send,
-                    on_failure=self._receipt_failure(job, "JobFinished", "_send_job_finished_receipts"),
-                )
-                self.message_counts["V0JobFinishedReceiptRequest"] += 1
+            failure = self._receipt_failure
+            self.link_by_hotkey[hotkey].post_many(
+                [(frame, failure(job, "JobFinished", "_send_job_finished_receipts")) for job, frame in items],
+                timeout_s=self.t.receipt_send,
+            )
+            self.message_counts["V0JobFinishedReceiptRequest"] += len(items)
         # Each receipt has its own 5 s; a link's receipts go out one after the other.
         await asyncio.gather(
             *(

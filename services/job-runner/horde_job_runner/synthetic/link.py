@@ -171,12 +171,49 @@ class MinerLink:
         on_failure: Callable[[BaseException], None] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
-        """Queue a frame for this miner's writer (receipts, error replies): in order, each within
-        `timeout_s`; a failure is reported to `on_failure`. One writer per link, started on demand,
-        instead of one task per frame."""
+        """Send a frame (receipts, error replies) in order, each within `timeout_s`; a failure is
+        reported to `on_failure`.
+
+        With nothing queued or in flight and the connection open, the frame is written at once as a
+        pre-built frame, like the initial requests: no task, no timer, no await. Otherwise it is
+        queued for this miner's writer, started on demand (one per link, not one task per frame).
+        """
+        if self._idle() and self._write_now(frame):
+            if on_sent is not None:
+                on_sent()
+            return
         self._outbox.append((frame, timeout_s, on_failure, on_sent))
         if self._writer is None or self._writer.done():
             self._writer = self.spawn(self._write_loop())
+
+    def post_many(
+        self,
+        frames: list[tuple[str | bytes, Callable[[BaseException], None] | None]],
+        *,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """`post` for several frames (frame, on_failure), in order: with the link idle and open they
+        go out in one write (one system call for a miner's receipts, not one each)."""
+        if self._idle() and self._write_now(*(frame for frame, _ in frames)):
+            return
+        for frame, on_failure in frames:
+            self.post(frame, timeout_s=timeout_s, on_failure=on_failure)
+
+    def _idle(self) -> bool:
+        """Nothing queued or in flight on the writer, and not closed: a direct write keeps the order."""
+        return not self._outbox and (self._writer is None or self._writer.done()) and not self.closed_by_us
+
+    def _write_now(self, *frames: str | bytes) -> bool:
+        """Write whole frames to the open connection without yielding; False (nothing written) if
+        they cannot be."""
+        transport = self.transport
+        try:
+            wires = [transport.prebuild(frame) for frame in frames]
+            if not wires or any(wire is None for wire in wires):
+                return False
+            return transport.write_prebuilt(b"".join(wires))  # type: ignore[arg-type]
+        except Exception:  # the writer will try again, and report what fails there
+            return False
 
     async def _write_loop(self) -> None:
         while self._outbox and not self.closed_by_us:

@@ -12,8 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS
-from horde_common.protocol.miner.parsing import dumps
-from horde_common.protocol.miner.validator_messages import V0JobAcceptedReceiptRequest
 from horde_job_runner.synthetic import receipts as rc
 from horde_job_runner.synthetic.link import MinerLink
 from horde_job_runner.synthetic.model import JobState
@@ -70,7 +68,7 @@ class LinkEvents(ShardState):
     def on_accepted(self, link: MinerLink, job: JobState, at: datetime) -> None:
         """Sign the JobAccepted receipt now and queue it on the link's writer (5 s to go out)."""
         try:
-            payload, signature = rc.accepted_receipt(
+            payload, signature, frame = rc.accepted_receipt_frame(
                 self.sign,
                 job_uuid=job.job_uuid,
                 miner_hotkey=job.miner_hotkey,
@@ -79,7 +77,6 @@ class LinkEvents(ShardState):
                 now=self.clock.now(),
             )
             job.accepted_receipt = (payload, signature)
-            frame = dumps(V0JobAcceptedReceiptRequest(payload=payload, signature=signature))
         except Exception as exc:
             self.on_link_failure(link, exc, "_send_initial_job_request")
             return

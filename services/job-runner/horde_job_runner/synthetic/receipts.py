@@ -7,7 +7,11 @@ re-serialises and verifies. Our stored copies have `miner_signature = NULL` (§2
 Three receipts per job are built on the event loop, so they skip the models' per-call overhead:
 the payload is `model_construct`ed from values we made ourselves (nothing to validate), and the
 blob is `canonical_json` of the same JSON-mode dict `blob_for_signing` would produce, written out
-directly (`tests/test_receipts_fast.py` holds the two byte for byte equal for every receipt type).
+directly (`wire_frames.canonical_flat_json`; `tests/test_receipts_fast.py` and
+`tests/test_wire_frames.py` hold the two byte for byte equal for every receipt type).
+The same JSON-mode dict, in the model's field order, is the payload on the wire: the
+`*_receipt_frame` functions write the whole receipt message from it (`wire_frames`), instead of
+building and dumping a pydantic message per receipt.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from horde_common.crypto import canonical_json, wire_datetime
+from horde_common.crypto import wire_datetime
 from horde_common.protocol.miner.executor_class import (
     MAX_EXECUTOR_TIMEOUT,
     ExecutorClass,
@@ -28,14 +32,18 @@ from horde_common.protocol.miner.receipts import (
     JobFinishedReceiptPayload,
     JobStartedReceiptPayload,
 )
+from horde_job_runner.synthetic.wire_frames import canonical_flat_json, receipt_request_frame
 
 __all__ = [
     "ACCEPTED_RECEIPT_TTL",
     "accepted_receipt",
+    "accepted_receipt_frame",
     "accepted_row",
     "finished_receipt",
+    "finished_receipt_frame",
     "finished_row",
     "started_receipt",
+    "started_receipt_wire",
     "started_row",
 ]
 
@@ -57,6 +65,29 @@ def started_receipt(
     now: datetime,
 ) -> tuple[JobStartedReceiptPayload, str]:
     """The JobStarted receipt embedded in `V0InitialJobRequest`; `ttl = max(spin-up, 2)` of the class."""
+    payload, signature, _ = started_receipt_wire(
+        sign,
+        job_uuid=job_uuid,
+        miner_hotkey=miner_hotkey,
+        validator_hotkey=validator_hotkey,
+        executor_class=executor_class,
+        max_timeout=max_timeout,
+        now=now,
+    )
+    return payload, signature
+
+
+def started_receipt_wire(
+    sign: Signer,
+    *,
+    job_uuid: str,
+    miner_hotkey: str,
+    validator_hotkey: str,
+    executor_class: ExecutorClass,
+    max_timeout: int,
+    now: datetime,
+) -> tuple[JobStartedReceiptPayload, str, dict[str, Any]]:
+    """`started_receipt`, plus the payload's wire JSON dict (for `wire_frames.initial_request_frame`)."""
     fields = {
         "job_uuid": job_uuid,
         "miner_hotkey": miner_hotkey,
@@ -68,7 +99,8 @@ def started_receipt(
         "ttl": job_spin_up_time(executor_class),
     }
     payload = JobStartedReceiptPayload.model_construct(**fields)  # type: ignore[arg-type]
-    return payload, sign(_blob("JobStartedReceipt", fields))
+    wire = _wire("JobStartedReceipt", fields)
+    return payload, sign(canonical_flat_json(wire)), wire
 
 
 def accepted_receipt(
@@ -81,6 +113,27 @@ def accepted_receipt(
     now: datetime,
 ) -> tuple[JobAcceptedReceiptPayload, str]:
     """`time_accepted` is when the validator received the accept (spec A §2.4.2)."""
+    payload, signature, _ = accepted_receipt_frame(
+        sign,
+        job_uuid=job_uuid,
+        miner_hotkey=miner_hotkey,
+        validator_hotkey=validator_hotkey,
+        time_accepted=time_accepted,
+        now=now,
+    )
+    return payload, signature
+
+
+def accepted_receipt_frame(
+    sign: Signer,
+    *,
+    job_uuid: str,
+    miner_hotkey: str,
+    validator_hotkey: str,
+    time_accepted: datetime,
+    now: datetime,
+) -> tuple[JobAcceptedReceiptPayload, str, str]:
+    """`accepted_receipt`, plus the `V0JobAcceptedReceiptRequest` frame (byte for byte `dumps`)."""
     fields = {
         "job_uuid": job_uuid,
         "miner_hotkey": miner_hotkey,
@@ -90,7 +143,9 @@ def accepted_receipt(
         "ttl": ACCEPTED_RECEIPT_TTL,
     }
     payload = JobAcceptedReceiptPayload.model_construct(**fields)  # type: ignore[arg-type]
-    return payload, sign(_blob("JobAcceptedReceipt", fields))
+    wire = _wire("JobAcceptedReceipt", fields)
+    signature = sign(canonical_flat_json(wire))
+    return payload, signature, receipt_request_frame("V0JobAcceptedReceiptRequest", wire, signature)
 
 
 def finished_receipt(
@@ -104,6 +159,31 @@ def finished_receipt(
     score_str: str,
     now: datetime,
 ) -> tuple[JobFinishedReceiptPayload, str]:
+    payload, signature, _ = finished_receipt_frame(
+        sign,
+        job_uuid=job_uuid,
+        miner_hotkey=miner_hotkey,
+        validator_hotkey=validator_hotkey,
+        time_started=time_started,
+        time_took_us=time_took_us,
+        score_str=score_str,
+        now=now,
+    )
+    return payload, signature
+
+
+def finished_receipt_frame(
+    sign: Signer,
+    *,
+    job_uuid: str,
+    miner_hotkey: str,
+    validator_hotkey: str,
+    time_started: datetime,
+    time_took_us: int,
+    score_str: str,
+    now: datetime,
+) -> tuple[JobFinishedReceiptPayload, str, str]:
+    """`finished_receipt`, plus the `V0JobFinishedReceiptRequest` frame (byte for byte `dumps`)."""
     fields = {
         "job_uuid": job_uuid,
         "miner_hotkey": miner_hotkey,
@@ -114,20 +194,35 @@ def finished_receipt(
         "score_str": score_str,
     }
     payload = JobFinishedReceiptPayload.model_construct(**fields)  # type: ignore[arg-type]
-    return payload, sign(_blob("JobFinishedReceipt", fields))
+    wire = _wire("JobFinishedReceipt", fields)
+    signature = sign(canonical_flat_json(wire))
+    return payload, signature, receipt_request_frame("V0JobFinishedReceiptRequest", wire, signature)
 
 
-def _blob(receipt_type: str, fields: dict[str, Any]) -> str:
-    """`payload.blob_for_signing()` without the model: the JSON-mode dict (datetimes through
-    `wire_datetime`, enums as their values), `receipt_type` included, in canonical JSON."""
-    json_mode: dict[str, Any] = {"receipt_type": receipt_type}
+# The fields every receipt payload starts with, in the models' order (`BaseReceiptPayload`);
+# `receipt_type` comes next, then the fields of the receipt's own class.
+_BASE_FIELDS = ("job_uuid", "miner_hotkey", "validator_hotkey", "timestamp")
+
+
+def _wire(receipt_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The payload in JSON mode (datetimes through `wire_datetime`, enums as their values),
+    `receipt_type` included, keys in the model's field order: written compactly it is the payload
+    on the wire; in canonical JSON (sorted keys) it is `payload.blob_for_signing()`."""
+    json_mode: dict[str, Any] = {}
     for key, value in fields.items():
         if isinstance(value, datetime):
             value = wire_datetime(value)
         elif isinstance(value, ExecutorClass):
             value = value.value
         json_mode[key] = value
-    return canonical_json(json_mode)
+        if key == _BASE_FIELDS[-1]:
+            json_mode["receipt_type"] = receipt_type
+    return json_mode
+
+
+def _blob(receipt_type: str, fields: dict[str, Any]) -> str:
+    """`payload.blob_for_signing()` without the model."""
+    return canonical_flat_json(_wire(receipt_type, fields))
 
 
 def _common(payload: Any, signature: str) -> dict[str, Any]:

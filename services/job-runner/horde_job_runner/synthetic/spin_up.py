@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import datetime
 
+from horde_common.protocol.miner.session import MinerSession
 from horde_common.protocol.miner.validator_messages import V0InitialJobRequest
 from horde_job_runner.synthetic import receipts as rc
 from horde_job_runner.synthetic.model import JobState
 from horde_job_runner.synthetic.shard_state import ShardState, drain
+from horde_job_runner.synthetic.wire_frames import initial_request_frame
 
 __all__ = ["SpinUpPhase"]
 
@@ -67,28 +70,8 @@ class SpinUpPhase(ShardState):
                 self._not_sent([job], "connection closed")
                 continue
             try:
-                gen = job.generator
                 now = clock.now()
-                payload, signature = rc.started_receipt(
-                    self.sign,
-                    job_uuid=job.job_uuid,
-                    miner_hotkey=job.miner_hotkey,
-                    validator_hotkey=self.validator_hotkey,
-                    executor_class=job.executor_class,
-                    max_timeout=gen.timeout_seconds(),
-                    now=now,
-                )
-                job.started_receipt = (payload, signature)
-                message = V0InitialJobRequest(
-                    job_uuid=job.job_uuid,
-                    executor_class=job.executor_class,
-                    base_docker_image_name=gen.base_docker_image_name(),
-                    timeout_seconds=gen.timeout_seconds(),
-                    volume=gen.initial_request_volume(),  # type: ignore[arg-type]
-                    job_started_receipt_payload=payload,
-                    job_started_receipt_signature=signature,
-                )
-                frame = link.session.outgoing(message, now)
+                frame = self._initial_request_frame(link.session, job, now)
                 wire = link.transport.prebuild(frame)
             except Exception as exc:
                 self.on_link_failure(link, exc, "_send_initial_job_request")
@@ -104,6 +87,45 @@ class SpinUpPhase(ShardState):
                     on_failure=lambda exc, job=job: self._not_sent([job], str(exc)),  # type: ignore[misc]
                 )
             await self.pacer.tick()
+
+    def _initial_request_frame(self, session: MinerSession, job: JobState, now: datetime) -> str:
+        """Sign the JobStarted receipt and write the `V0InitialJobRequest`, recording it in the
+        session. The frame is spliced (`wire_frames`) when the generator has its volume as JSON,
+        as hashcat's does; otherwise the protocol model is built and dumped."""
+        gen = job.generator
+        payload, signature, receipt_wire = rc.started_receipt_wire(
+            self.sign,
+            job_uuid=job.job_uuid,
+            miner_hotkey=job.miner_hotkey,
+            validator_hotkey=self.validator_hotkey,
+            executor_class=job.executor_class,
+            max_timeout=gen.timeout_seconds(),
+            now=now,
+        )
+        job.started_receipt = (payload, signature)
+        volume_json = gen.initial_request_volume_json()
+        if volume_json is None:
+            message = V0InitialJobRequest(
+                job_uuid=job.job_uuid,
+                executor_class=job.executor_class,
+                base_docker_image_name=gen.base_docker_image_name(),
+                timeout_seconds=gen.timeout_seconds(),
+                volume=gen.initial_request_volume(),  # type: ignore[arg-type]
+                job_started_receipt_payload=payload,
+                job_started_receipt_signature=signature,
+            )
+            return session.outgoing(message, now)
+        frame = initial_request_frame(
+            job_uuid=job.job_uuid,
+            executor_class=job.executor_class,
+            base_docker_image_name=gen.base_docker_image_name(),
+            timeout_seconds=gen.timeout_seconds(),
+            volume_json=volume_json,
+            receipt_wire=receipt_wire,
+            receipt_signature=signature,
+        )
+        session.initial_request_sent(job.job_uuid, job.executor_class, now)
+        return frame
 
     def _initial_sent(self, job: JobState) -> None:
         job.initial_sent_mono = sent = self.clock.monotonic()

@@ -204,7 +204,9 @@ class MinerSession:
             self.job_request_sent(message.job_uuid, now)
         return dumps(message)
 
-    def initial_request_sent(self, job_uuid: str, executor_class: ExecutorClass | None, now: datetime) -> None:
+    def initial_request_sent(
+        self, job_uuid: str, executor_class: ExecutorClass | None, now: datetime
+    ) -> None:
         """Record a `V0InitialJobRequest` the caller serialised itself (byte for byte `dumps` of
         the message, e.g. with its volume spliced in): what `outgoing` records for one."""
         job = self._registered(job_uuid)
