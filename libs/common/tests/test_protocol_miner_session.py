@@ -27,6 +27,7 @@ from horde_common.protocol.miner import (
     MachineSpecsReceived,
     MalformedMessage,
     ManifestReceived,
+    ManifestRejected,
     MinerError,
     MinerErrorSubtype,
     MinerSession,
@@ -210,7 +211,11 @@ def test_manifest_first_wins() -> None:
 def test_manifest_with_unknown_class_string_is_malformed_and_not_recorded() -> None:
     session = started()
     bad = MANIFEST.replace("spin_up-4min.gpu-24gb", "always_on.gpu-80gb")
-    only(session.receive(bad, at(1)).events, MalformedMessage)
+    got = session.receive(bad, at(1))
+    # The whole manifest is invalid; it is sent once, so the session closes now (the miner's
+    # MANIFEST_ERROR) instead of letting the validator wait out the manifest deadline.
+    assert [type(e) for e in got.events] == [MalformedMessage, ManifestRejected]
+    assert got.close
     assert session.manifest is None
 
 

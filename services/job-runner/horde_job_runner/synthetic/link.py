@@ -28,6 +28,7 @@ from horde_common.protocol.miner.events import (
     MachineSpecsReceived,
     MalformedFlood,
     ManifestReceived,
+    ManifestRejected,
     MinerError,
     SessionEvent,
     Unauthorized,
@@ -310,6 +311,10 @@ class MinerLink:
                 "bytes_replied": event.bytes_replied,
             }
             listener.on_miner_event(self, "UNEXPECTED_MESSAGE", f"{self.close_reason} from {self.name}", data)
+            return
+        if isinstance(event, ManifestRejected):
+            # Recorded by the manifest phase as MANIFEST_ERROR with this reason.
+            self.close_reason = f"manifest rejected: {event.error[:500]}"
             return
         if isinstance(event, Unauthorized):
             listener.on_miner_event(self, "UNAUTHORIZED", f"{event.code}: {event.details or ''}", {})

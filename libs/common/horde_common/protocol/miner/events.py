@@ -145,6 +145,16 @@ class MalformedFlood:
 
 
 @dataclass(frozen=True, slots=True)
+class ManifestRejected:
+    """The miner's manifest frame was invalid (too large, too many entries, bad fields) and no valid
+    manifest came before it. A 0.0.18 miner sends its manifest once, right after authentication, so
+    there is nothing to wait for: the session asks the caller to close and blame the miner at once."""
+
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class IgnoredMessage:
     reason: IgnoreReason
     message_type: str
@@ -166,5 +176,6 @@ SessionEvent = (
     | Unauthorized
     | MalformedMessage
     | MalformedFlood
+    | ManifestRejected
     | IgnoredMessage
 )

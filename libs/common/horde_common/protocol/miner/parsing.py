@@ -72,9 +72,12 @@ _VALIDATOR_ADAPTER: TypeAdapter[ValidatorMessage] = TypeAdapter(
 class ProtocolError(ValueError):
     """An invalid frame. `text` is what goes after "Malformed message ...: " in the GenericError reply."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, message_type: str | None = None) -> None:
         super().__init__(text)
         self.text = text
+        # The frame's `message_type` where it could be read (a too-large or invalid manifest, say),
+        # so that the session can tell a refused manifest from stray garbage.
+        self.message_type = message_type
 
 
 def _truncate(text: str) -> str:
@@ -147,7 +150,8 @@ def frame_limit(message_type: str | None) -> int:
 def _too_large(size: int, message_type: str | None) -> ProtocolError:
     return ProtocolError(
         f"frame of length {size} is too large for {message_type or 'an unknown message type'}"
-        f" (limit {frame_limit(message_type)})"
+        f" (limit {frame_limit(message_type)})",
+        message_type,
     )
 
 
@@ -199,7 +203,11 @@ def _validate_data(adapter: TypeAdapter[Any], data: Any) -> Any:
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise ProtocolError(_truncate(exc.json(include_url=False, include_input=False))) from None
+        message_type = data.get("message_type") if isinstance(data, dict) else None
+        raise ProtocolError(
+            _truncate(exc.json(include_url=False, include_input=False)),
+            message_type if isinstance(message_type, str) else None,
+        ) from None
     except RecursionError:
         raise ProtocolError("JSON nested too deeply") from None
     except Exception as exc:

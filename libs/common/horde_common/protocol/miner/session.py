@@ -38,6 +38,7 @@ from .events import (
     MalformedFlood,
     MalformedMessage,
     ManifestReceived,
+    ManifestRejected,
     MinerError,
     MinerErrorSubtype,
     SessionEvent,
@@ -237,12 +238,20 @@ class MinerSession:
                 message = parse_miner_message(raw)
             except ProtocolError as exc:
                 self._malformed(pending, exc.text, frame_size(raw), now)
+                if exc.message_type == "V0ExecutorManifestRequest" and self.manifest is None:
+                    self._manifest_rejected(pending, exc.text, now)
             else:
                 self._dispatch(pending, message, now)
         except Exception:
             logger.exception("%s: internal error while handling a frame", self.name)
             pending.events.append(IgnoredMessage(IgnoreReason.INTERNAL_ERROR, "?", None, now))
         return pending.done()
+
+    def _manifest_rejected(self, pending: _Pending, error: str, now: datetime) -> None:
+        """No manifest will come (it is sent once): close now, the miner's fault, not a timeout."""
+        if not pending.close:
+            self.close_requested = pending.close = True
+            pending.events.append(ManifestRejected(error=error, at=now))
 
     def _malformed(self, pending: _Pending, error: str, size: int, now: datetime) -> None:
         details = f"Malformed message from miner {self.name}: {error}"
