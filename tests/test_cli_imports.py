@@ -58,7 +58,7 @@ def test_help_loads_no_heavy_library(argv: list[str]) -> None:
 
 def test_the_probe_sees_a_heavy_import() -> None:
     """The probe itself works: a module that does import SQLAlchemy is reported."""
-    assert loaded_after("import horde_common.db", ("sqlalchemy",)) == ["sqlalchemy"]
+    assert loaded_after("import horde_common.db.base", ("sqlalchemy",)) == ["sqlalchemy"]
 
 
 def test_importing_the_debug_batch_module_loads_neither_database_nor_bus() -> None:

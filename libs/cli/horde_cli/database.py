@@ -9,6 +9,9 @@ import asyncpg
 
 # Each connect attempt may hang on a dead host; bound it so `--timeout` is honoured.
 CONNECT_ATTEMPT_TIMEOUT_S = 3.0
+# Between two attempts while waiting for a database that is still starting: quick enough not to add
+# much to a container's start, slow enough not to spin.
+RETRY_INTERVAL_S = 0.5
 
 
 def _plain_dsn(url: str) -> str:
@@ -41,7 +44,7 @@ def wait_for_database(url: str, timeout_s: float, *, server_only: bool = False) 
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= deadline:
             return False, last
-        time.sleep(0.5)
+        time.sleep(RETRY_INTERVAL_S)
 
 
 async def _ensure(url: str) -> bool:
@@ -67,3 +70,18 @@ async def _ensure(url: str) -> bool:
 def ensure_database(url: str) -> bool:
     """Create the database named in `url` when it does not exist. Returns True if it was created."""
     return asyncio.run(_ensure(url))
+
+
+async def prepare_database(url: str, timeout_s: float) -> tuple[bool, str]:
+    """`wait_for_database(server_only=True)` then `ensure_database`, in one connect when the database
+    exists (the debug command's case), on the caller's loop; returns (ok, last error)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await _ensure(url)
+            return True, ""
+        except Exception as exc:  # any failure means "not yet"
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            return False, last
+        await asyncio.sleep(RETRY_INTERVAL_S)

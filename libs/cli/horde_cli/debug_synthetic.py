@@ -10,7 +10,8 @@ No scheduler and no chain: the validator key comes from the usual settings (`HOT
 wallet), the database from `DATABASE_URL` (created and migrated if needed). A live progress display
 goes to stderr; the jobs go to stdout as a table, or with `--json` as one JSON object
 `{"batch_id": N, "jobs": [{job_uuid, executor_class, status, score, comment, miner_hotkey}, ...],
-"miner_failures": [{miner_hotkey, address, port, kind, detail}, ...]}`. Each miner that got no job
+"miner_failures": [{miner_hotkey, address, port, kind, detail}, ...], "timings_s": {prepare, shard,
+finish}}` (wall seconds of the batch's parts, see `DebugBatch.timings`). Each miner that got no job
 gets one line on stderr saying why: `cannot connect`, `unauthorized` (e.g. "Unknown validator") or
 `no manifest`, with the detail its system event stores.
 
@@ -25,16 +26,25 @@ The generator worker processes are stopped, and waited for, before the command r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
-from horde_common.config import ConfigError, get_settings
+from horde_common.config import ConfigError, Settings, get_settings
+
+if TYPE_CHECKING:
+    # rich is imported once the miners are being dialled (~50 ms before the first connect else).
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from horde_common.bus.messages import MinerEndpoint
+    from horde_job_runner.synthetic.debug_run import DebugBatch
 
 __all__ = ["EXIT_ALL_MINERS_FAILED", "run_synthetic_jobs_command"]
 
@@ -88,7 +98,16 @@ class _Progress:
         self.live.update(line)
 
 
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
 def _jobs_table(jobs: list[dict[str, object]], batch_id: int) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"synthetic batch {batch_id}", title_justify="left")
     for column in ("job_uuid", "class", "status", "score", "comment"):
         table.add_column(column, overflow="fold")
@@ -105,55 +124,95 @@ def _jobs_table(jobs: list[dict[str, object]], batch_id: int) -> Table:
     return table
 
 
+class _DatabaseUnreachable(RuntimeError):
+    """The database server did not answer within `DATABASE_WAIT_S` (message: the last error)."""
+
+
+def _import_modules() -> None:
+    """What the command needs next: rich, logging, the Postgres driver, and the database engine."""
+    import rich.live  # noqa: F401
+
+    import horde_cli.database  # noqa: F401
+    import horde_common.telemetry.logs  # noqa: F401
+    from horde_job_runner.synthetic.debug_run import ENGINE_MODULES, import_modules
+
+    import_modules(ENGINE_MODULES)
+
+
+async def _run(settings: Settings, keypair: Any, miners: list[MinerEndpoint]) -> DebugBatch:
+    """Connect to the miners first (`EarlyDial`), then, while they authenticate and send their
+    manifests: logging, the database (created if missing: the batch migrates it), the batch's
+    imports and its row. All on one loop, so the batch starts without a second loop's set-up."""
+    from horde_job_runner.synthetic.debug_dial import EarlyDial
+
+    dial = EarlyDial(keypair, miners)
+    dial.start()
+    prefetch: asyncio.Future[None] | None = None
+    try:
+        # In a thread, so that the loop goes on with the connects and authentications meanwhile.
+        await asyncio.to_thread(_import_modules)
+        from rich.live import Live
+
+        from horde_cli import database
+        from horde_common.telemetry import configure_logging
+        from horde_job_runner.synthetic.debug_run import BATCH_MODULES, import_modules, run_debug_batch
+
+        # The rest of the batch's modules while the database is checked (and created if missing).
+        # (the batch's engine then checks the schema while they finish: see `debug_run._run`).
+        prefetch = asyncio.ensure_future(asyncio.to_thread(import_modules, BATCH_MODULES))
+        err = _err()
+        err.print(
+            f"validator {keypair.ss58_address} → {len(miners)} miner(s) at {miners[0].address}:"
+            f"{miners[0].port}{'..' + str(miners[-1].port) if len(miners) > 1 else ''}",
+            highlight=False,
+        )
+        configure_logging("cli", "ERROR", stream=sys.stderr)
+        # A missing database counts as up (the server answered): it is created here.
+        ok, why = await database.prepare_database(settings.database_url, DATABASE_WAIT_S)
+        if not ok:
+            raise _DatabaseUnreachable(why)
+        with Live("starting…", console=err, transient=True, refresh_per_second=8) as live:
+            return await run_debug_batch(settings, keypair, miners, progress=_Progress(live), early_dial=dial)
+    finally:
+        if prefetch is not None:  # a thread cannot be cancelled: never leave it behind
+            with contextlib.suppress(Exception):
+                await asyncio.shield(prefetch)
+        await dial.close()
+
+
 def run_synthetic_jobs_command(json_output: bool) -> None:
     """The command body (registered by `horde_cli.main` as `horde debug run-synthetic-jobs`)."""
-    err = Console(stderr=True, soft_wrap=True)
-    out = Console()
     try:
         settings = get_settings()
     except ConfigError as exc:
-        err.print(f"[red]config error:[/] {exc}", highlight=False)
+        _err().print(f"[red]config error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
     from horde_common.crypto import load_hotkey
-    from horde_common.telemetry import configure_logging
-    from horde_job_runner.synthetic.debug_run import DebugConfigError, debug_miners, run_debug_batch
+    from horde_job_runner.synthetic.debug_run import DebugConfigError, debug_miners
     from horde_localnet import keys
 
-    configure_logging("cli", "ERROR", stream=sys.stderr)
     try:
         miners = debug_miners(settings, dev_miner_hotkey=lambda i: keys.miner_keypair(i).ss58_address)
         keypair = load_hotkey(settings)
     except (DebugConfigError, ConfigError) as exc:
-        err.print(f"[red]config error:[/] {exc}", highlight=False)
+        _err().print(f"[red]config error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
-    from horde_cli import database
-
-    url = settings.database_url
-    # A missing database counts as up (the server answered): it is created just below.
-    ok, why = database.wait_for_database(url, DATABASE_WAIT_S, server_only=True)
-    if not ok:
-        err.print(f"[red]database unreachable:[/] {why}", highlight=False)
-        raise typer.Exit(EXIT_NOT_RUN)
-    database.ensure_database(url)
-
-    err.print(
-        f"validator {keypair.ss58_address} → {len(miners)} miner(s) at "
-        f"{miners[0].address}:{miners[0].port}{'..' + str(miners[-1].port) if len(miners) > 1 else ''}",
-        highlight=False,
-    )
     try:
-        with Live("starting…", console=err, transient=True, refresh_per_second=8) as live:
-            batch = asyncio.run(run_debug_batch(settings, keypair, miners, progress=_Progress(live)))
+        batch = asyncio.run(_run(settings, keypair, miners))
+    except _DatabaseUnreachable as exc:
+        _err().print(f"[red]database unreachable:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_NOT_RUN) from None
     except Exception as exc:
-        err.print(f"[red]the batch could not run:[/] {type(exc).__name__}: {exc}", highlight=False)
+        _err().print(f"[red]the batch could not run:[/] {type(exc).__name__}: {exc}", highlight=False)
         raise typer.Exit(EXIT_NOT_RUN) from None
     finally:
         from horde_job_runner.synthetic.generation import shutdown_pool
 
         shutdown_pool()  # no generator worker may outlive the command
 
+    err = _err()
     jobs = [j.as_json() for j in batch.jobs]
     if json_output:
         payload = {
@@ -175,11 +234,14 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
                 }
                 for f in batch.miner_failures
             ],
+            "timings_s": batch.timings,
         }
         sys.stdout.write(json.dumps(payload) + "\n")
         sys.stdout.flush()
     else:
-        out.print(_jobs_table(jobs, batch.batch_id))
+        from rich.console import Console
+
+        Console().print(_jobs_table(jobs, batch.batch_id))
     result = batch.result
     if not result.persisted:
         err.print(f"[red]the batch results were not stored:[/] {result.error}", highlight=False)

@@ -137,13 +137,16 @@ def localnet_up(
     specs = localnet.children(topo)
     procs = localnet.start_children(specs, localnet.localnet_env(topo))
     localnet.save_state(procs)
-    with console.status("starting localnet…") as spinner:
-        ok, why = localnet.wait_ready(
-            specs,
-            procs,
-            topo.host,
-            lambda ready: spinner.update(f"starting localnet… {len(ready)}/{len(specs)} ready"),
-        )
+    try:
+        with console.status("starting localnet…") as spinner:
+            ok, why = localnet.wait_ready(
+                specs,
+                procs,
+                topo.host,
+                lambda ready: spinner.update(f"starting localnet… {len(ready)}/{len(specs)} ready"),
+            )
+    except KeyboardInterrupt:  # Ctrl-C while starting: stop what was started, leave nothing behind
+        ok, why = False, "interrupted"
     if not ok:
         err.print(f"[red]localnet failed to start:[/] {why}")
         localnet.stop_pids({n: p.pid for n, p in procs.items()})
@@ -153,15 +156,16 @@ def localnet_up(
     if detach:
         console.print("running in the background; stop with [bold]horde localnet down[/]")
         return
-    console.print("press Ctrl-C to stop")
     stopping = False
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
+    # Handlers first, then the prompt: a Ctrl-C right after the prompt must stop the children too.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    console.print("press Ctrl-C to stop")
     while not stopping:
         dead = [n for n, p in procs.items() if p.poll() is not None]
         if dead:
@@ -216,6 +220,12 @@ def debug_run_synthetic_jobs(
     json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
 ) -> None:
     """Run one synthetic batch against the DEBUG_MINER_* miners (no scheduler, no chain)."""
+    import os
+
+    # Pydantic looks for plugins (scanning every installed distribution's entry points, ~50 ms)
+    # when the first model is built; this one-shot command has no use for them. An operator's own
+    # setting wins.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from horde_cli.debug_synthetic import run_synthetic_jobs_command
 
     run_synthetic_jobs_command(json_output)

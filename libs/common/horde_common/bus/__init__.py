@@ -1,14 +1,58 @@
 """The message bus: typed messages, the RabbitMQ topology, idempotent consumers and the outbox.
 
 Import the pieces from their modules (`horde_common.bus.messages`, `.broker`, `.router`, `.outbox`,
-`.topology`); the most used names are re-exported here.
+`.topology`); the most used names are re-exported here, lazily (PEP 562 `__getattr__`): importing
+`horde_common.bus.messages` alone (pydantic models, e.g. `MinerEndpoint` for the debug command) must
+not import aio-pika and SQLAlchemy through this package.
 """
 
-from horde_common.bus.broker import Broker
-from horde_common.bus.messages import BusMessage, parse_message
-from horde_common.bus.outbox import OutboxRelay, add_to_outbox
-from horde_common.bus.router import BusRouter, HandlerContext
-from horde_common.bus.topology import DEAD_LETTER_QUEUE, EXCHANGE, MAX_DELIVERIES, QUEUES, declare_topology
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from horde_common.bus.broker import Broker
+    from horde_common.bus.messages import BusMessage, parse_message
+    from horde_common.bus.outbox import OutboxRelay, add_to_outbox
+    from horde_common.bus.router import BusRouter, HandlerContext
+    from horde_common.bus.topology import (
+        DEAD_LETTER_QUEUE,
+        EXCHANGE,
+        MAX_DELIVERIES,
+        QUEUES,
+        declare_topology,
+    )
+
+# Which submodule defines each re-exported name.
+_EXPORTS: dict[str, str] = {
+    "Broker": "broker",
+    "BusMessage": "messages",
+    "parse_message": "messages",
+    "OutboxRelay": "outbox",
+    "add_to_outbox": "outbox",
+    "BusRouter": "router",
+    "HandlerContext": "router",
+    "DEAD_LETTER_QUEUE": "topology",
+    "EXCHANGE": "topology",
+    "MAX_DELIVERIES": "topology",
+    "QUEUES": "topology",
+    "declare_topology": "topology",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "DEAD_LETTER_QUEUE",

@@ -1,29 +1,88 @@
-"""Logs, traces, metrics and system events: everything a service tells the outside about itself."""
+"""Logs, traces, metrics and system events: everything a service tells the outside about itself.
 
-from horde_common.telemetry.events import (
-    SystemEventRecord,
-    SystemEventSubtype,
-    SystemEventType,
-    record_event,
-    record_event_detached,
-    record_events_bulk,
-)
-from horde_common.telemetry.logs import (
-    bind_context,
-    configure_logging,
-    current_service,
-    get_logger,
-    mask_secrets,
-    mask_value,
-    masked,
-    unbind_context,
-)
-from horde_common.telemetry.metrics import configure_metrics, get_meter, render_metrics, shutdown_metrics
-from horde_common.telemetry.tracing import configure_tracing, get_tracer, shutdown_tracing
+The names below are re-exported lazily (PEP 562 `__getattr__`): importing `horde_common.telemetry`
+or one of its modules does not import OpenTelemetry, SQLAlchemy and structlog until a name that
+needs them is used, so that the CLI and the debug command do not pay ~0.5 s for them up front.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from horde_common.telemetry.events import (
+        SystemEventRecord,
+        SystemEventSubtype,
+        SystemEventType,
+        record_event,
+        record_event_detached,
+        record_events_bulk,
+    )
+    from horde_common.telemetry.logs import (
+        bind_context,
+        configure_logging,
+        current_service,
+        get_logger,
+        mask_secrets,
+        mask_value,
+        masked,
+        unbind_context,
+    )
+    from horde_common.telemetry.metrics import configure_metrics, get_meter, render_metrics
+    from horde_common.telemetry.metrics import shutdown_metrics as shutdown_metrics
+    from horde_common.telemetry.tracing import configure_tracing, get_tracer
+    from horde_common.telemetry.tracing import shutdown_tracing as shutdown_tracing
+
+# Which submodule defines each re-exported name.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "SystemEventRecord",
+            "SystemEventSubtype",
+            "SystemEventType",
+            "record_event",
+            "record_event_detached",
+            "record_events_bulk",
+        ),
+        "events",
+    ),
+    **dict.fromkeys(
+        (
+            "bind_context",
+            "configure_logging",
+            "current_service",
+            "get_logger",
+            "mask_secrets",
+            "mask_value",
+            "masked",
+            "unbind_context",
+        ),
+        "logs",
+    ),
+    **dict.fromkeys(("configure_metrics", "get_meter", "render_metrics", "shutdown_metrics"), "metrics"),
+    **dict.fromkeys(("configure_tracing", "get_tracer", "shutdown_tracing"), "tracing"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
 
 
 def shutdown_telemetry() -> None:
     """Flush spans and stop metric readers; called once when a service process exits."""
+    from horde_common.telemetry.metrics import shutdown_metrics
+    from horde_common.telemetry.tracing import shutdown_tracing
+
     shutdown_tracing()
     shutdown_metrics()
 

@@ -5,6 +5,9 @@ rows are later shipped unchanged to the ComputeHorde stats collector. An event i
 caller's session, so it commits (or rolls back) with the state it describes; `record_event_detached`
 writes through its own transaction for events that must survive a rollback (the reference's second
 DB alias). Each event is also logged and counted in a Prometheus counter.
+
+Importing this module is cheap on purpose (the CLI and the debug command import it before their
+first miner connect): SQLAlchemy, OpenTelemetry and structlog are imported on first use only.
 """
 
 from __future__ import annotations
@@ -13,21 +16,33 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-from pydantic_core import to_jsonable_python
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from horde_common.event_types import SystemEventSubtype, SystemEventType
-from horde_common.telemetry.logs import current_service, get_logger
-from horde_common.telemetry.metrics import get_meter
 
-log = get_logger("horde.system_events")
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-_events_total = get_meter("horde_common.telemetry").create_counter(
-    "horde_system_events", unit="1", description="System events recorded, by type and subtype"
-)
+
+@cache
+def _log() -> Any:
+    from horde_common.telemetry.logs import get_logger
+
+    return get_logger("horde.system_events")
+
+
+@cache
+def _events_total() -> Counter:
+    # Created on first use, from the OTel API only (not the SDK and the Prometheus exporter that
+    # `telemetry.metrics` imports: ~0.3 s the CLI need not pay): through the global proxy provider
+    # it reports to whatever provider `configure_metrics` installs, before or after this call.
+    from opentelemetry import metrics
+
+    return metrics.get_meter("horde_common.telemetry").create_counter(
+        "horde_system_events", unit="1", description="System events recorded, by type and subtype"
+    )
 
 
 # Routine successes are logged at DEBUG so a batch of 2,000 jobs doesn't flood the log.
@@ -56,6 +71,8 @@ def _is_problem(type_: str, subtype: str) -> bool:
 
 
 def _row(event: SystemEventRecord, service: str) -> dict[str, Any]:
+    from pydantic_core import to_jsonable_python
+
     data = to_jsonable_python(dict(event.data), fallback=str)
     return {
         "type": str(event.type),
@@ -76,11 +93,11 @@ def _model() -> Any:
 
 
 def _emit(row: dict[str, Any]) -> None:
-    _events_total.add(1, {"type": row["type"], "subtype": row["subtype"], "service": row["service"]})
+    _events_total().add(1, {"type": row["type"], "subtype": row["subtype"], "service": row["service"]})
     level = logging.WARNING if _is_problem(row["type"], row["subtype"]) else logging.INFO
     if row["subtype"] in _QUIET_SUBTYPES:
         level = logging.DEBUG
-    log.log(
+    _log().log(
         level,
         "system_event",
         type=row["type"],
@@ -98,12 +115,12 @@ def _emit_summary(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         groups.setdefault((row["type"], row["subtype"], row["service"]), []).append(row)
     for (type_, subtype, service), group in groups.items():
-        _events_total.add(len(group), {"type": type_, "subtype": subtype, "service": service})
+        _events_total().add(len(group), {"type": type_, "subtype": subtype, "service": service})
         level = logging.WARNING if _is_problem(type_, subtype) else logging.INFO
         if subtype in _QUIET_SUBTYPES:
             level = logging.DEBUG
         first = group[0]
-        log.log(
+        _log().log(
             level,
             "system_events",
             type=type_,
@@ -116,6 +133,8 @@ def _emit_summary(rows: list[dict[str, Any]]) -> None:
 
 def event_rows(events: Iterable[SystemEventRecord], *, service: str | None = None) -> list[dict[str, Any]]:
     """The `system_events` rows of `events` (JSON-ready `data`), for callers that write them in bulk."""
+    from horde_common.telemetry.logs import current_service
+
     svc = service or current_service()
     return [_row(e, svc) for e in events]
 
@@ -142,6 +161,8 @@ async def record_events_bulk(
     rows = event_rows(events, service=service)
     if not rows:
         return 0
+    from sqlalchemy import insert
+
     await session.execute(insert(_model()), rows)
     emit_events(rows, summary=summary_log)
     return len(rows)

@@ -4,7 +4,9 @@
 `DEBUG_MINER_*` settings, the validator key from the usual hotkey settings, and the database from
 `DATABASE_URL` (migrated if needed). A batch row without block or cycle is created (weights never
 score such a batch), the shard runs with the release fallback taken at once (there is no
-scheduler to wait for), and the jobs are returned for display.
+scheduler to wait for), and the jobs are returned for display. The miners are connected and
+authenticated while the database is prepared (`debug_dial`), so that their manifests wait for us
+rather than the other way round.
 
 Miners (`debug_miners`): `DEBUG_MINER_COUNT = N` miners listen on consecutive ports
 `DEBUG_MINER_PORT .. DEBUG_MINER_PORT + N - 1` at `DEBUG_MINER_ADDRESS`. Their hotkeys:
@@ -21,25 +23,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from horde_job_runner.synthetic.debug_schema import head_revisions  # cheap: no SQLAlchemy at import
 
 if TYPE_CHECKING:
     # Imported inside the functions at run time: the command's `--help` and config errors must not
     # pay for SQLAlchemy, the bus (aio-pika) and the shard orchestrator.
     from horde_common.bus.messages import MinerEndpoint
-    from horde_common.config import Settings
-    from horde_job_runner.synthetic.generation import JobFactory
+    from horde_common.config import HashcatDifficulty, Settings
+    from horde_job_runner.generators import JobGenerator
+    from horde_job_runner.synthetic.debug_dial import EarlyDial
+    from horde_job_runner.synthetic.generation import ClassCounts, JobFactory
     from horde_job_runner.synthetic.model import BatchTimeouts, JobResult, ProgressListener, ShardResult
 
 Keypair = Any  # a bittensor sr25519 keypair (`horde_common.crypto.load_hotkey`)
 
-__all__ = ["DebugBatch", "DebugConfigError", "MinerFailure", "debug_miners", "run_debug_batch"]
+__all__ = [
+    "DebugBatch",
+    "DebugConfigError",
+    "MinerFailure",
+    "SmallBatchJobFactory",
+    "debug_miners",
+    "head_revisions",
+    "run_debug_batch",
+]
 
-# The generator pool starts while the database is migrated and the miners connected; if it is not
-# up by the time the batch is over, something is wrong with it, and we stop waiting for it then.
-WARM_UP_WAIT_S = 30.0
+# Up to this many jobs of a batch are built in a thread rather than in the process pool: at
+# ~0.4 ms (localnet) to ~1.5 ms (production) of CPU each, 64 jobs take < 0.1 s, far less than the
+# ~0.5 s of CPU a forkserver pool costs to start.
+INLINE_MAX_JOBS = 64
 
 # Why a miner got no job, from its system events (most telling first): the one-line kinds the
 # command prints.
@@ -77,6 +93,10 @@ class DebugBatch:
     # The miners that got no job, with the reason their system events give (empty if none failed).
     miner_failures: list[MinerFailure] = field(default_factory=list)
     miner_count: int = 0  # distinct miners the batch was run against
+    # Wall seconds of the parts after the imports: "prepare" (the database work left once the
+    # imports are done: dynamic config, batch row; the schema check overlaps the imports), "shard"
+    # (`run_shard`, connects to persisted rows), "finish" (completion mark, failure read-back).
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def every_miner_failed(self) -> bool:
@@ -130,24 +150,31 @@ async def run_debug_batch(
     timeouts: BatchTimeouts | None = None,
     job_factory: JobFactory | None = None,
     migrate: bool = True,
+    early_dial: EarlyDial | None = None,
     **deps_overrides: Any,
 ) -> DebugBatch:
     """Create a debug batch and run it against `miners`; the database is migrated first if asked
     (Alembic is not even imported when the database is already at the packaged head).
 
-    With the default job factory the generator pool is started at once, in a thread, so that its
-    start-up (~0.5 s of CPU, in the forkserver) overlaps the imports, the migration and the
-    connects instead of delaying the manifests. It needs a free core: on a busy 2-core machine it
-    delayed the first connect by ~0.5 s in bench/startup.py runs, and saved ~0.15 s after it.
-    Stopping the pool is the caller's job (`generation.shutdown_pool()`, as the command does).
+    The miners are connected and authenticated first (`debug_dial.EarlyDial`): while the batch's
+    modules are imported, the database checked and the batch row created, so that their manifests
+    are in by the time the shard opens its links. The caller may start the `early_dial` itself,
+    even sooner (then closing it is its job); with a `transport_factory` of the caller's there is
+    none. With the default job factory (`SmallBatchJobFactory`) a small batch's jobs are built in a
+    thread; the generator process pool is started only for a batch of many jobs, and stopping it
+    is then the caller's job (`generation.shutdown_pool()`, as the command does).
     """
-    warm: asyncio.Task[None] | None = None
-    if job_factory is None:
-        from horde_job_runner.synthetic.generation import default_job_factory, start_pool
+    own_dial: EarlyDial | None = None
+    if early_dial is None and miners and "transport_factory" not in deps_overrides:
+        from horde_job_runner.synthetic.debug_dial import EarlyDial
 
-        warm = asyncio.create_task(start_pool())
-        job_factory = default_job_factory()
+        early_dial = own_dial = EarlyDial(keypair, miners, deps_overrides.get("transport_settings"))
+        own_dial.start()
+    if early_dial is not None:
+        deps_overrides["transport_factory"] = early_dial.transport_factory
     try:
+        # In a thread, so that the loop goes on with the connects and authentications meanwhile.
+        await asyncio.to_thread(import_modules, ENGINE_MODULES)
         return await _run(
             settings,
             keypair,
@@ -155,15 +182,82 @@ async def run_debug_batch(
             weights_version,
             progress,
             timeouts,
-            job_factory,
+            job_factory or SmallBatchJobFactory(),
             migrate,
             deps_overrides,
         )
     finally:
-        if warm is not None:
-            # Never leave the warm-up thread behind; its failure (if any) shows in the batch itself.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(warm), WARM_UP_WAIT_S)
+        if own_dial is not None:
+            await own_dial.close()
+
+
+# What `_run` imports (~0.8 s of CPU on a busy machine), in two steps: what the engine needs
+# (the protocol first: the early dial's own thread may be importing it, and a thread importing these
+# then waits for it there, before it holds any lock of its own: no import deadlock), then the rest,
+# imported while the engine makes its first connection and checks the schema.
+# The engine's dialect and driver are listed too: the loop's thread then imports nothing while
+# the other thread imports the rest.
+ENGINE_MODULES = (
+    "horde_common.protocol.miner.session",
+    "sqlalchemy",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+    "asyncpg",
+    "horde_common.db.base",
+)
+BATCH_MODULES = (
+    "horde_common.db.models",
+    "horde_common.dynamic_config",
+    "horde_job_runner.synthetic.model",
+    "horde_job_runner.synthetic.persistence",
+    "horde_job_runner.synthetic.batch",
+)
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import `names` (blocking: run it in a thread while the loop goes on with the miners)."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
+def import_batch_modules() -> None:
+    """Everything the batch needs (`ENGINE_MODULES`, then `BATCH_MODULES`)."""
+    import_modules((*ENGINE_MODULES, *BATCH_MODULES))
+
+
+class SmallBatchJobFactory:
+    """A `JobFactory` building a batch's first `INLINE_MAX_JOBS` jobs in a thread, the rest in the pool.
+
+    A debug batch is usually a handful of jobs: a thread builds them in milliseconds, while the
+    forkserver pool costs ~0.5 s of CPU to start (on a busy 2-core machine that is time taken from
+    the connects and the batch itself). The count is over the whole batch, not per miner: many
+    miners' jobs built in threads would hold the GIL against the event loop.
+    """
+
+    def __init__(self) -> None:
+        from horde_job_runner.synthetic.generation import InlineJobFactory
+
+        self._inline = InlineJobFactory()
+        self._inline_jobs = 0
+        self._pool: JobFactory | None = None
+
+    async def generate(
+        self,
+        miner_hotkey: str,
+        class_counts: ClassCounts,
+        weights_version: int,
+        difficulty: HashcatDifficulty | str,
+    ) -> list[JobGenerator]:
+        count = sum(n for _, n in class_counts)
+        if self._inline_jobs + count <= INLINE_MAX_JOBS:
+            self._inline_jobs += count
+            return await self._inline.generate(miner_hotkey, class_counts, weights_version, difficulty)
+        if self._pool is None:
+            from horde_job_runner.synthetic.generation import default_job_factory
+
+            self._pool = default_job_factory()
+        return await self._pool.generate(miner_hotkey, class_counts, weights_version, difficulty)
 
 
 async def _run(
@@ -181,36 +275,38 @@ async def _run(
 
     from sqlalchemy import update
 
-    from horde_common.config import HashcatDifficulty
     from horde_common.db import create_engine, session_factory
-    from horde_common.db.models import SyntheticJobBatch
-    from horde_common.dynamic_config import DynamicConfig
-    from horde_job_runner.synthetic.batch import run_shard
-    from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, DynamicValues, ShardRequest
-    from horde_job_runner.synthetic.persistence import BatchStore
+    from horde_job_runner.synthetic.debug_schema import schema_at_head
 
     url = settings.database_url
     engine = create_engine(url)
+    rest = asyncio.ensure_future(asyncio.to_thread(import_modules, BATCH_MODULES))
     try:
-        if migrate and not await _schema_at_head(engine):
+        at_head = not migrate or await schema_at_head(engine)
+        await rest
+        started = time.monotonic()
+        from horde_common.config import HashcatDifficulty
+        from horde_common.db.models import SyntheticJobBatch
+        from horde_common.dynamic_config import DynamicConfig
+        from horde_job_runner.synthetic.batch import run_shard
+        from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, DynamicValues, ShardRequest
+        from horde_job_runner.synthetic.persistence import BatchStore
+
+        if not at_head:
             from horde_common.db.migrate import upgrade
 
             await asyncio.to_thread(upgrade, url)
         sessions = session_factory(engine)
         store = BatchStore(sessions, service="cli")
-        dynamic = await store.dynamic_values()
+        async with sessions() as session:  # one read for both
+            config = await DynamicConfig.load(session)
         if weights_version is None:
-            async with sessions() as session:
-                weights_version = (await DynamicConfig.load(session)).weights_version
+            weights_version = config.weights_version
         batch_id, _ = await store.create_batch()
         deps = BatchDeps(
             keypair=keypair,
             store=store,
-            dynamic=DynamicValues(
-                manifest_score_multiplier=dynamic.manifest_score_multiplier,
-                manifest_dance_ratio_threshold=dynamic.manifest_dance_ratio_threshold,
-                miner_max_executors_per_class=dynamic.miner_max_executors_per_class,
-            ),
+            dynamic=DynamicValues.from_config(config),
             difficulty=HashcatDifficulty(settings.SYNTHETIC_HASHCAT_DIFFICULTY),
             timeouts=timeouts or BatchTimeouts(),
             job_factory=job_factory,
@@ -220,7 +316,9 @@ async def _run(
             **deps_overrides,
         )
         request = ShardRequest(batch_id=batch_id, miners=miners, weights_version=weights_version)
+        shard_started = time.monotonic()
         result = await run_shard(request, deps)
+        shard_done = time.monotonic()
         failures: list[MinerFailure] = []
         if result.persisted:
             async with sessions.begin() as session:
@@ -237,66 +335,17 @@ async def _run(
             jobs=result.jobs,
             miner_failures=failures,
             miner_count=len({m.hotkey for m in miners}),
+            timings={
+                "prepare": round(shard_started - started, 4),
+                "shard": round(shard_done - shard_started, 4),
+                "finish": round(time.monotonic() - shard_done, 4),
+            },
         )
     finally:
+        if not rest.done():  # the schema check failed: a thread cannot be cancelled, wait for it
+            with contextlib.suppress(Exception):
+                await rest
         await engine.dispose()
-
-
-def head_revisions() -> set[str]:
-    """The head revisions of the packaged migrations, read from the scripts without Alembic.
-
-    Alembic costs ~0.6 s to import and ~0.2 s to find that there is nothing to do; the command is
-    usually run again and again on a database already migrated. Any script this cannot read makes
-    the set empty, and Alembic then runs as usual.
-    """
-    import ast
-    from pathlib import Path
-
-    import horde_common.db
-
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in (Path(horde_common.db.__file__).parent / "migrations" / "versions").glob("*.py"):
-        values: dict[str, object] = {}
-        for node in ast.parse(script.read_text()).body:
-            target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-            value = getattr(node, "value", None)
-            if (
-                isinstance(target, ast.Name)
-                and target.id in ("revision", "down_revision")
-                and value is not None
-            ):
-                try:
-                    values[target.id] = ast.literal_eval(value)
-                except ValueError:
-                    return set()
-        revision, down = values.get("revision"), values.get("down_revision")
-        if not isinstance(revision, str):
-            return set()
-        revisions.add(revision)
-        if isinstance(down, str):
-            parents.add(down)
-        elif isinstance(down, tuple | list):
-            parents.update(str(d) for d in down)
-        elif down is not None:
-            return set()
-    return revisions - parents
-
-
-async def _schema_at_head(engine: Any) -> bool:
-    """True when the database's Alembic version is the packaged head (no migration to run)."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
-    heads = head_revisions()
-    if not heads:
-        return False
-    try:
-        async with engine.connect() as conn:
-            stored = set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
-    except DBAPIError:  # no alembic_version table yet: a new database
-        return False
-    return stored == heads
 
 
 async def _miner_failures(
