@@ -12,7 +12,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -22,7 +22,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from horde_common.bus.messages import MinerEndpoint
 from horde_common.crypto import verify
 from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import (
     JobAcceptedReceipt,
     JobFinishedReceipt,
@@ -64,20 +63,6 @@ FAST = BatchTimeouts(
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-async def store(db_url: str) -> AsyncIterator[BatchStore]:
-    engine = create_engine(db_url)
-    yield BatchStore(session_factory(engine))
-    await engine.dispose()
 
 
 async def no_sleep(delay: float) -> None:

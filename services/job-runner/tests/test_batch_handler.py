@@ -26,7 +26,6 @@ from horde_common.bus.messages import (
 from horde_common.bus.router import HandlerContext
 from horde_common.config import load_settings
 from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import SyntheticJob, SystemEvent
 from horde_job_runner.synthetic.batch import completed_message_id, ready_message_id
 from horde_job_runner.synthetic.generation import InlineJobFactory
@@ -48,13 +47,6 @@ AO = "always_on.gpu-24gb"
 FAST = BatchTimeouts(
     manifest=3.0, job_wait_extra=1.0, spin_up={AO: 1.0}, job_timeout=2.0, persist_backoff=0.01
 )
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
 
 
 @pytest.fixture(scope="module")

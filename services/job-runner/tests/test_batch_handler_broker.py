@@ -33,7 +33,6 @@ from horde_common.bus.messages import (
 )
 from horde_common.config import load_settings
 from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import SyntheticJob, SystemEvent
 from horde_job_runner.app import router as job_runner_router
 from horde_job_runner.synthetic.generation import InlineJobFactory
@@ -55,13 +54,6 @@ MINERS = 2
 WAIT_S = 30.0
 JOB_REQUEST = "V0InitialJobRequest"  # one per job: a second set of jobs would send these again
 SHARD_QUEUE = "job-runner.batch.shard.requested"
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import select
 
 from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import (
     JobAcceptedReceipt,
     JobFinishedReceipt,
@@ -36,13 +35,6 @@ pytestmark = pytest.mark.timeout(60)
 
 HOTKEY = "5F" + "a" * 46
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
 
 
 @pytest.fixture

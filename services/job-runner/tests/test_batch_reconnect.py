@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,8 +23,6 @@ from sqlalchemy import select
 from websockets.asyncio.server import ServerConnection, serve
 
 from horde_common.bus.messages import MinerEndpoint
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import JobFinishedReceipt, SyntheticJob, SystemEvent
 from horde_common.protocol.miner import (
     ExecutorClass,
@@ -79,20 +77,6 @@ FAST = BatchTimeouts(
     job_timeout=3.0,
     persist_backoff=0.01,
 )
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-async def store(db_url: str) -> AsyncIterator[BatchStore]:
-    engine = create_engine(db_url)
-    yield BatchStore(session_factory(engine))
-    await engine.dispose()
 
 
 async def no_sleep(delay: float) -> None:

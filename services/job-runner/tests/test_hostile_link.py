@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +23,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from horde_common.bus.messages import MinerEndpoint
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import JobFinishedReceipt, SyntheticJob, SystemEvent
 from horde_common.protocol.miner import dumps
 from horde_common.protocol.miner.miner_messages import (
@@ -59,20 +57,6 @@ FAST = BatchTimeouts(
     persist_backoff=0.01,
 )
 WAIT = 10.0  # every wait on the miner's side is bounded by this
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-async def store(db_url: str) -> AsyncIterator[BatchStore]:
-    engine = create_engine(db_url)
-    yield BatchStore(session_factory(engine))
-    await engine.dispose()
 
 
 async def no_sleep(delay: float) -> None:

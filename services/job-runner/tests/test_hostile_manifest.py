@@ -25,8 +25,6 @@ from sqlalchemy import select
 from websockets.asyncio.server import ServerConnection, serve
 
 from horde_common.bus.messages import MinerEndpoint
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import MinerManifest, SyntheticJob, SystemEvent
 from horde_common.protocol.miner.executor_class import ExecutorClass
 from horde_job_runner.synthetic.batch import run_shard
@@ -128,20 +126,6 @@ async def main(args):
 
 asyncio.run(main(json.loads(sys.argv[1])))
 """
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-async def store(db_url: str) -> AsyncIterator[BatchStore]:
-    engine = create_engine(db_url)
-    yield BatchStore(session_factory(engine))
-    await engine.dispose()
 
 
 def manifest_frame(entries: list[dict[str, Any]]) -> str:
