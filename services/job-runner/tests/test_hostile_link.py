@@ -151,9 +151,10 @@ def manifest(count: int = 1) -> str:
     )
 
 
-def flood_handler(frame: str, frames: int, *, after_manifest: bool = False) -> Handler:
+def flood_handler(frame: str, frames: int, *, after_manifest: bool = False, stall_s: float = 0.0) -> Handler:
     """Authenticate, (optionally send a manifest and wait for the first initial job request,) then
-    write `frames` copies of `frame` while counting what comes back."""
+    write `frames` copies of `frame` while counting what comes back; then, with `stall_s`, block
+    the event loop (this server shares the validator's: a validator stall in the job's window)."""
 
     async def handler(ws: ServerConnection, wire: Wire) -> None:
         await expect(ws, wire, "V0AuthenticateRequest")
@@ -168,6 +169,8 @@ def flood_handler(frame: str, frames: int, *, after_manifest: bool = False) -> H
                 wire.garbage_sent += len(frame.encode())
         except ConnectionClosed:
             pass
+        if stall_s:
+            time.sleep(stall_s)  # noqa: ASYNC251 - the stall is the point
         await asyncio.wait_for(reader, WAIT)  # ends when the validator closes
 
     return handler
@@ -255,8 +258,14 @@ async def test_garbage_under_the_limit_is_answered_within_what_it_paid_for(store
     assert (job.status, job.comment) == ("FAILED", "declined")
 
 
-async def test_flood_during_the_jobs_closes_the_link_and_fails_the_miner(store: BatchStore) -> None:
-    batch_id, wire, hotkey = await run_against(store, 702, flood_handler("z", 2_000, after_manifest=True))
+@pytest.mark.parametrize(("index", "stall_s"), [(702, 0.0), (703, 0.6)])
+async def test_flood_during_the_jobs_closes_the_link_and_fails_the_miner(
+    store: BatchStore, index: int, stall_s: float
+) -> None:
+    """The miner's jobs on a link closed for its flood are its failures, even when our loop stalled
+    in their window (the flood's own cost can be that stall): never excused as ours."""
+    handler = flood_handler("z", 2_000, after_manifest=True, stall_s=stall_s)
+    batch_id, wire, hotkey = await run_against(store, index, handler)
     assert wire.reply_bytes < wire.garbage_sent and wire.connections == 1
     evs = await batch_events(store, batch_id)
     flood_event(evs, hotkey)

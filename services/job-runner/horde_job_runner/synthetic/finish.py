@@ -46,7 +46,12 @@ class FinishPhase(ShardState):
                 log.exception("scoring job %s", job.job_uuid)
                 self._exclude_job(job, f"scoring error: {type(exc).__name__}: {exc}", "_score_jobs")
                 continue
-            if verdict.time_failure and not verdict.out_of_order and not job.final_before_job_request:
+            if (
+                verdict.time_failure
+                and not verdict.out_of_order
+                and not job.final_before_job_request
+                and not self._closed_for_miner_fault(job)
+            ):
                 start, end = self._window(job)
                 stalled = self.monitor.stalled_within(start, end)
                 if stalled >= self.t.stall_excuse:
@@ -125,6 +130,13 @@ class FinishPhase(ShardState):
             verify=verify,
             before_job_request=early,
         )
+
+    def _closed_for_miner_fault(self, job: JobState) -> bool:
+        """We closed this miner's link for its own fault (a flood, unauthorized, a refused manifest):
+        its jobs then time out because of the miner, so no stall of ours excuses them (the stall
+        may well be the flood itself)."""
+        link = self.link_by_hotkey.get(job.miner_hotkey)
+        return link is not None and link.close_reason is not None
 
     @staticmethod
     def _late_ready(job: JobState) -> bool:
