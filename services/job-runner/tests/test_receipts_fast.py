@@ -50,7 +50,7 @@ def test_started_receipt_matches_the_model(seed: int) -> None:
     rng = random.Random(seed)
     for now in moments(rng):
         for executor_class in ExecutorClass:
-            payload, signature = rc.started_receipt(
+            payload, signature, _ = rc.started_receipt_wire(
                 signer,
                 job_uuid=str(uuid.UUID(int=rng.getrandbits(128))),
                 miner_hotkey=MINER,
@@ -70,7 +70,7 @@ def test_accepted_and_finished_receipts_match_the_models(seed: int) -> None:
     for now in moments(rng):
         for then in moments(rng):
             job_uuid = str(uuid.uuid4())
-            accepted, a_sig = rc.accepted_receipt(
+            accepted, a_sig, _ = rc.accepted_receipt_frame(
                 signer,
                 job_uuid=job_uuid,
                 miner_hotkey=MINER,
@@ -85,7 +85,7 @@ def test_accepted_and_finished_receipts_match_the_models(seed: int) -> None:
             )
             assert verify(VALIDATOR.ss58_address, model_a.blob_for_signing(), a_sig)
 
-            finished, f_sig = rc.finished_receipt(
+            finished, f_sig, _ = rc.finished_receipt_frame(
                 signer,
                 job_uuid=job_uuid,
                 miner_hotkey=MINER,
@@ -113,7 +113,7 @@ def test_the_blob_is_the_models_blob() -> None:
         return "0x00"
 
     now = datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC)
-    payload, _ = rc.started_receipt(
+    payload, _, _ = rc.started_receipt_wire(
         capture,
         job_uuid=str(uuid.uuid4()),
         miner_hotkey=MINER,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from horde_common.crypto import wire_datetime
 from horde_common.protocol.miner.executor_class import (
@@ -36,13 +36,10 @@ from horde_job_runner.synthetic.wire_frames import canonical_flat_json, receipt_
 
 __all__ = [
     "ACCEPTED_RECEIPT_TTL",
-    "accepted_receipt",
     "accepted_receipt_frame",
     "accepted_row",
-    "finished_receipt",
     "finished_receipt_frame",
     "finished_row",
-    "started_receipt",
     "started_receipt_wire",
     "started_row",
 ]
@@ -52,29 +49,6 @@ Signer = Callable[[str], str]
 # The JobAccepted receipt's ttl: fixed at MAX_EXECUTOR_TIMEOUT (360) in the reference [quirk 7]. Kept:
 # miners store it, and the value has no effect on the batch.
 ACCEPTED_RECEIPT_TTL = MAX_EXECUTOR_TIMEOUT
-
-
-def started_receipt(
-    sign: Signer,
-    *,
-    job_uuid: str,
-    miner_hotkey: str,
-    validator_hotkey: str,
-    executor_class: ExecutorClass,
-    max_timeout: int,
-    now: datetime,
-) -> tuple[JobStartedReceiptPayload, str]:
-    """The JobStarted receipt embedded in `V0InitialJobRequest`; `ttl = max(spin-up, 2)` of the class."""
-    payload, signature, _ = started_receipt_wire(
-        sign,
-        job_uuid=job_uuid,
-        miner_hotkey=miner_hotkey,
-        validator_hotkey=validator_hotkey,
-        executor_class=executor_class,
-        max_timeout=max_timeout,
-        now=now,
-    )
-    return payload, signature
 
 
 def started_receipt_wire(
@@ -87,7 +61,8 @@ def started_receipt_wire(
     max_timeout: int,
     now: datetime,
 ) -> tuple[JobStartedReceiptPayload, str, dict[str, Any]]:
-    """`started_receipt`, plus the payload's wire JSON dict (for `wire_frames.initial_request_frame`)."""
+    """The JobStarted receipt embedded in `V0InitialJobRequest` (`ttl = max(spin-up, 2)` of the class):
+    payload, signature, and the payload's wire JSON dict (for `wire_frames.initial_request_frame`)."""
     fields = {
         "job_uuid": job_uuid,
         "miner_hotkey": miner_hotkey,
@@ -98,30 +73,8 @@ def started_receipt_wire(
         "is_organic": False,
         "ttl": job_spin_up_time(executor_class),
     }
-    payload = JobStartedReceiptPayload.model_construct(**fields)  # type: ignore[arg-type]
-    wire = _wire("JobStartedReceipt", fields)
-    return payload, sign(canonical_flat_json(wire)), wire
-
-
-def accepted_receipt(
-    sign: Signer,
-    *,
-    job_uuid: str,
-    miner_hotkey: str,
-    validator_hotkey: str,
-    time_accepted: datetime,
-    now: datetime,
-) -> tuple[JobAcceptedReceiptPayload, str]:
-    """`time_accepted` is when the validator received the accept (spec A §2.4.2)."""
-    payload, signature, _ = accepted_receipt_frame(
-        sign,
-        job_uuid=job_uuid,
-        miner_hotkey=miner_hotkey,
-        validator_hotkey=validator_hotkey,
-        time_accepted=time_accepted,
-        now=now,
-    )
-    return payload, signature
+    payload, signature, wire = _signed(sign, JobStartedReceiptPayload, "JobStartedReceipt", fields)
+    return payload, signature, wire
 
 
 def accepted_receipt_frame(
@@ -133,7 +86,8 @@ def accepted_receipt_frame(
     time_accepted: datetime,
     now: datetime,
 ) -> tuple[JobAcceptedReceiptPayload, str, str]:
-    """`accepted_receipt`, plus the `V0JobAcceptedReceiptRequest` frame (byte for byte `dumps`)."""
+    """The JobAccepted receipt (`time_accepted`: when we received the accept): payload, signature, and
+    the `V0JobAcceptedReceiptRequest` frame (byte for byte `dumps`)."""
     fields = {
         "job_uuid": job_uuid,
         "miner_hotkey": miner_hotkey,
@@ -142,34 +96,8 @@ def accepted_receipt_frame(
         "time_accepted": time_accepted,
         "ttl": ACCEPTED_RECEIPT_TTL,
     }
-    payload = JobAcceptedReceiptPayload.model_construct(**fields)  # type: ignore[arg-type]
-    wire = _wire("JobAcceptedReceipt", fields)
-    signature = sign(canonical_flat_json(wire))
+    payload, signature, wire = _signed(sign, JobAcceptedReceiptPayload, "JobAcceptedReceipt", fields)
     return payload, signature, receipt_request_frame("V0JobAcceptedReceiptRequest", wire, signature)
-
-
-def finished_receipt(
-    sign: Signer,
-    *,
-    job_uuid: str,
-    miner_hotkey: str,
-    validator_hotkey: str,
-    time_started: datetime,
-    time_took_us: int,
-    score_str: str,
-    now: datetime,
-) -> tuple[JobFinishedReceiptPayload, str]:
-    payload, signature, _ = finished_receipt_frame(
-        sign,
-        job_uuid=job_uuid,
-        miner_hotkey=miner_hotkey,
-        validator_hotkey=validator_hotkey,
-        time_started=time_started,
-        time_took_us=time_took_us,
-        score_str=score_str,
-        now=now,
-    )
-    return payload, signature
 
 
 def finished_receipt_frame(
@@ -183,7 +111,8 @@ def finished_receipt_frame(
     score_str: str,
     now: datetime,
 ) -> tuple[JobFinishedReceiptPayload, str, str]:
-    """`finished_receipt`, plus the `V0JobFinishedReceiptRequest` frame (byte for byte `dumps`)."""
+    """The JobFinished receipt: payload, signature, and the `V0JobFinishedReceiptRequest` frame (byte
+    for byte `dumps`)."""
     fields = {
         "job_uuid": job_uuid,
         "miner_hotkey": miner_hotkey,
@@ -193,9 +122,7 @@ def finished_receipt_frame(
         "time_took_us": int(time_took_us),
         "score_str": score_str,
     }
-    payload = JobFinishedReceiptPayload.model_construct(**fields)  # type: ignore[arg-type]
-    wire = _wire("JobFinishedReceipt", fields)
-    signature = sign(canonical_flat_json(wire))
+    payload, signature, wire = _signed(sign, JobFinishedReceiptPayload, "JobFinishedReceipt", fields)
     return payload, signature, receipt_request_frame("V0JobFinishedReceiptRequest", wire, signature)
 
 
@@ -220,9 +147,17 @@ def _wire(receipt_type: str, fields: dict[str, Any]) -> dict[str, Any]:
     return json_mode
 
 
-def _blob(receipt_type: str, fields: dict[str, Any]) -> str:
-    """`payload.blob_for_signing()` without the model."""
-    return canonical_flat_json(_wire(receipt_type, fields))
+_P = TypeVar("_P", JobStartedReceiptPayload, JobAcceptedReceiptPayload, JobFinishedReceiptPayload)
+
+
+def _signed(
+    sign: Signer, model: type[_P], receipt_type: str, fields: dict[str, Any]
+) -> tuple[_P, str, dict[str, Any]]:
+    """The payload (built without validation: every value is ours), its signature over the
+    canonical blob, and its wire JSON dict."""
+    payload = model.model_construct(**fields)
+    wire = _wire(receipt_type, fields)
+    return payload, sign(canonical_flat_json(wire)), wire
 
 
 def _common(payload: Any, signature: str) -> dict[str, Any]:
