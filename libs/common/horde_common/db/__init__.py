@@ -7,26 +7,17 @@ SQLAlchemy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from horde_common.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from horde_common.db.base import Base, create_engine, session_factory
 
-_EXPORTS = frozenset({"Base", "create_engine", "session_factory"})
+_EXPORTS = dict.fromkeys(("Base", "create_engine", "session_factory"), "base")
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from horde_common.db import base
-
-    value = getattr(base, name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["Base", "create_engine", "session_factory"]
