@@ -503,13 +503,13 @@ async def test_with_an_sdk_provider_publish_and_process_spans_are_recorded_and_l
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    import horde_common.bus.broker as broker_module
+    import horde_common.bus.tracing as tracing_module
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(broker_module, "tracer", provider.get_tracer("test"))
-    monkeypatch.setattr(broker_module, "_sdk_tracing", True)
+    monkeypatch.setattr(tracing_module, "tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(tracing_module, "_sdk_tracing", True)
     handled: asyncio.Queue[int] = asyncio.Queue()
     router = BusRouter()
 

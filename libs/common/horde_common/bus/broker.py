@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
 import aio_pika
@@ -27,9 +27,6 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 from aiormq import spec as amqp_spec
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,52 +46,11 @@ from horde_common.bus.topology import (
     declare_topology,
     default_instance_id,
 )
+from horde_common.bus.tracing import consumer_span, producer_span, tracing_enabled
 from horde_common.db.models.bus import ProcessedMessage
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("horde_common.bus")
 _PERSISTENT = int(DeliveryMode.PERSISTENT)
-
-
-_sdk_tracing = False
-
-
-def _tracing_enabled() -> bool:
-    """Whether an SDK tracer provider is installed (without one, every span is a no-op).
-
-    The global provider can be set only once, so a positive answer is final and cached.
-    """
-    global _sdk_tracing
-    if not _sdk_tracing:
-        provider = trace.get_tracer_provider()
-        _sdk_tracing = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
-    return _sdk_tracing
-
-
-@contextlib.contextmanager
-def _consumer_span(
-    queue: str, queue_name: str, message_id: uuid.UUID, headers: Mapping[str, Any]
-) -> Iterator[None]:
-    """The handler's span, a child of the publisher's (trace context from the message headers).
-
-    Without an SDK the no-op tracer would only make the remote parent current; doing that directly
-    gives the handler (and what it publishes) the same trace context at a fraction of the cost.
-    """
-    parent = propagate.extract(headers)
-    if not _tracing_enabled():
-        token = otel_context.attach(trace.set_span_in_context(trace.get_current_span(parent)))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
-        return
-    with tracer.start_as_current_span(
-        f"{queue} process",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        attributes={"messaging.message.id": str(message_id), "messaging.destination": queue_name},
-    ):
-        yield
 
 
 # What became of a delivery: acked after commit ("processed"; "staged" = it also wrote outbox rows),
@@ -185,14 +141,14 @@ class Broker:
         `asyncio.gather` of many publishes costs about one round trip, not one per message. Prefer
         `add_to_outbox` whenever the message must agree with a database write.
         """
-        if not _tracing_enabled():
+        if not tracing_enabled():
             # No SDK: the span would be a non-recording copy of the current one, so injecting the
             # current context writes the same traceparent, without the span machinery per message.
             await self.publish_raw(
                 msg.ROUTING_KEY, msg.to_bytes(), message_id=msg.message_id, headers=trace_headers(headers)
             )
             return
-        with tracer.start_as_current_span(f"{msg.ROUTING_KEY} publish", kind=SpanKind.PRODUCER):
+        with producer_span(msg.ROUTING_KEY):
             await self.publish_raw(
                 msg.ROUTING_KEY, msg.to_bytes(), message_id=msg.message_id, headers=trace_headers(headers)
             )
@@ -315,7 +271,7 @@ class Broker:
             delivery_count=delivery_count,
             headers=headers,
         )
-        with _consumer_span(route.queue, queue_name, msg.message_id, headers):
+        with consumer_span(route.queue, queue_name, msg.message_id, headers):
             try:
                 outcome = await self._handle(route, queue_name, msg, ctx)
             except Exception:
