@@ -1,4 +1,4 @@
-"""Synthetic batch benchmark: one shard against the simulator fleet, like reference-measurements.md.
+"""Synthetic batch benchmark: one shard against the simulator fleet, like docs/performance.md.
 
 For each size (miners × 8 `always_on.gpu-24gb` executors, weights version 4) and difficulty, three
 processes share this machine's cores:
@@ -50,7 +50,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 EXECUTOR_CLASS = "always_on.gpu-24gb"
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-# Reference validator, same machine class (reference-measurements.md): jobs -> (batch s, skew ms, RSS MB).
+# Reference validator, same machine class (docs/performance.md): jobs -> (batch s, skew ms, RSS MB).
 REFERENCE = {64: (0.98, 7, 181), 256: (4.66, 34, 227), 512: (8.9, 81, 290)}
 
 

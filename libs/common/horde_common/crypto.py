@@ -1,4 +1,5 @@
-"""Hotkeys, the canonical JSON blob and sr25519 signatures of the validator ↔ miner link (spec A §1.6–§1.7).
+"""Hotkeys, the canonical JSON blob and sr25519 signatures of the validator ↔ miner link
+(docs/miner-protocol.md §1.6–§1.7).
 
 Miners verify a signature by re-serialising what they received with Python's
 `json.dumps(obj, sort_keys=True)` and checking the signature over those UTF-8 bytes, so the
@@ -132,7 +133,8 @@ def load_hotkey(settings: _WalletSettings) -> Keypair:
 def canonical_json(obj: Any) -> str:
     """The signed blob: Python `json.dumps(obj, sort_keys=True)` with default separators and ASCII escapes.
 
-    Kept byte-identical to what the miner recomputes (spec A §1.7); do not "improve" the formatting.
+    Kept byte-identical to what the miner recomputes (docs/miner-protocol.md §1.7); do not "improve" the
+    formatting.
     """
     return json.dumps(obj, sort_keys=True)
 

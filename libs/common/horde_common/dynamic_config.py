@@ -5,8 +5,8 @@ the items in order, skips the ones whose `effective_from` is still in the future
 already in effect wins; a key with no effective item falls back to its default. Items are kept, not
 resolved at fetch time, so a scheduled change takes effect on time without another fetch.
 
-The defaults are the production values in effect in late November 2024 (spec A §0, spec B §4.2,
-spec C §3.8). Later production changes (class weights 75/25 from 2024-12-02 and 65/35 from
+The defaults are the production values in effect in late November 2024
+(docs/miner-protocol.md §0, docs/scoring.md §4.2, docs/organic.md §3.8). Later production changes (class weights 75/25 from 2024-12-02 and 65/35 from
 2024-12-04, LLM executor cap 10 from 2024-12-02) are not defaults: publish them as dated items.
 
 Sources are JSON documents shaped like the reference's config repository:

@@ -1,4 +1,4 @@
-"""Byte-level checks of the signed blobs and signatures against spec A §1.6–§1.7."""
+"""Byte-level checks of the signed blobs and signatures against docs/miner-protocol.md §1.6–§1.7."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Wire-format tests of the validator ↔ miner messages against the examples and rules of spec A §1.5, §2, §5."""
+"""Wire-format tests of the validator ↔ miner messages against the examples and rules of
+docs/miner-protocol.md §1.5, §2, §5."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ from horde_common.protocol.miner import (
     spin_up_time,
 )
 
-# The JSON examples of spec A §2, verbatim.
+# Example frames of each message of docs/miner-protocol.md §2, as the original library writes them.
 VALIDATOR_EXAMPLES = [
     r'{"message_type":"V0AuthenticateRequest","payload":{"validator_hotkey":"5Gvali...","miner_hotkey":"5Fminer...","timestamp":1732795200},"signature":"0x4a1f...c80e"}',
     r'{"job_uuid":"3fa85f64-5717-4562-b3fc-2c963f66afa6","message_type":"V0InitialJobRequest","executor_class":"spin_up-4min.gpu-24gb","base_docker_image_name":"backenddevelopersltd/compute-horde-job:v1-latest","timeout_seconds":53,"volume":{"volume_type":"inline","contents":"UEsDBBQAAAAAA...","relative_path":null},"volume_type":null,"job_started_receipt_payload":{"job_uuid":"3fa85f64-5717-4562-b3fc-2c963f66afa6","miner_hotkey":"5Fminer...","validator_hotkey":"5Gvali...","timestamp":"2024-11-28T10:00:00.120000Z","receipt_type":"JobStartedReceipt","executor_class":"spin_up-4min.gpu-24gb","max_timeout":53,"is_organic":false,"ttl":240},"job_started_receipt_signature":"0x9c2e...11"}',
@@ -286,7 +287,7 @@ def test_unknown_or_missing_message_type_from_miner(raw: str) -> None:
         '{"message_type":"V0MachineSpecsRequest","job_uuid":"a","specs":[1]}',
         '{"message_type":"V0ExecutorManifestRequest","manifest":{}}',
         '{"message_type":"V0ExecutorManifestRequest","manifest":{"executor_classes":[{"executor_class":0}]}}',
-        # an unknown class string makes the whole manifest invalid (spec A §6 #15)
+        # an unknown class string makes the whole manifest invalid (docs/miner-protocol.md §6 #15)
         '{"message_type":"V0ExecutorManifestRequest","manifest":{"executor_classes":['
         '{"executor_class":"spin_up-4min.gpu-24gb","count":3},{"executor_class":"always_on.gpu-80gb","count":1}]}}',
     ],

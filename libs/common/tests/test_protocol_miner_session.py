@@ -1,4 +1,5 @@
-"""Behaviour tables of the sans-I/O validator-side `MinerSession` (spec A §1.4–§1.8, §6, §7)."""
+"""Behaviour tables of the sans-I/O validator-side `MinerSession`
+(docs/miner-protocol.md §1.4–§1.8, §6, §7)."""
 
 from __future__ import annotations
 
@@ -286,11 +287,12 @@ def test_register_job_refuses_a_job_owned_by_another_session() -> None:
 @pytest.mark.parametrize(
     ("frames", "kinds", "outcome"),
     [
-        # spec A §6 #1: decline → outcome, and a later "ready" cannot revive the job (fixes quirk B.4)
+        # docs/miner-protocol.md §6 #1: decline → outcome, and a later "ready" cannot revive the job (fixes
+        # quirk B.4)
         ([frame(DECLINE, J1), frame(READY, J1)], [JobDeclined, IgnoredMessage], JobOutcome.DECLINED),
         ([frame(DECLINE, J1), frame(ACCEPT, J1)], [JobDeclined, IgnoredMessage], JobOutcome.DECLINED),
         ([frame(DECLINE, J1), finished(J1)], [JobDeclined, IgnoredMessage], JobOutcome.DECLINED),
-        # spec A §6 #19
+        # docs/miner-protocol.md §6 #19
         (
             [frame(ACCEPT, J1), frame(EXEC_FAILED, J1)],
             [JobAccepted, ExecutorFailed],
@@ -307,7 +309,7 @@ def test_register_job_refuses_a_job_owned_by_another_session() -> None:
             [JobAccepted, ExecutorReady, IgnoredMessage],
             None,
         ),
-        # spec A §6 #13: first wins
+        # docs/miner-protocol.md §6 #13: first wins
         ([frame(ACCEPT, J1), frame(ACCEPT, J1)], [JobAccepted, IgnoredMessage], None),
         ([frame(ACCEPT, J1), frame(DECLINE, J1)], [JobAccepted, IgnoredMessage], None),
         (

@@ -518,7 +518,7 @@ async def test_a_validator_bug_is_not_stored_as_miner_failures(store: BatchStore
 
 
 async def test_our_event_loop_stall_is_excused(store: BatchStore) -> None:
-    """Reference-measurements lesson 4: a stall of ours during the answer window must not turn into
+    """docs/performance.md lesson 4: a stall of ours during the answer window must not turn into
     "took too long" / "timed out" for the miner: such jobs are excluded, with VALIDATOR_FAILURE."""
 
     def stall(stage: str) -> None:

@@ -1,4 +1,5 @@
-"""Hashcat and LLM job generators (spec §3.13, §3.14): payload round trips, scoring, parameters."""
+"""Hashcat and LLM job generators (docs/miner-protocol.md §3.13, §3.14): payload round trips, scoring,
+parameters."""
 
 from __future__ import annotations
 

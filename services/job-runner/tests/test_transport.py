@@ -1,4 +1,5 @@
-"""The miner WebSocket transport (spec A §1.2–§1.4) over real sockets, with the retry sleeps injected."""
+"""The miner WebSocket transport (docs/miner-protocol.md §1.2–§1.4) over real sockets, with the retry sleeps
+injected."""
 
 from __future__ import annotations
 

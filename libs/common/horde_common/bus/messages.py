@@ -1,4 +1,5 @@
-"""The messages on the bus: one pydantic model per routing key (see ARCHITECTURE.md, "Messages on the bus").
+"""The messages on the bus: one pydantic model per routing key (see docs/ARCHITECTURE.md, "Messages on the
+bus").
 
 Every model shares the `BusMessage` envelope (`type`, `version`, `message_id`, `sent_at`) so that
 consumers can deduplicate on `message_id` and measure latency from `sent_at` without knowing the

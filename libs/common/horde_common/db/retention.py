@@ -23,7 +23,8 @@ from horde_common.db.models import (
 PROCESSED_MESSAGES_KEEP = timedelta(days=7)
 # Published outbox rows are only kept for debugging a recent incident.
 PUBLISHED_OUTBOX_KEEP = timedelta(days=1)
-# The reference deleted its own receipts after 2 days (spec §2.4.5); miners keep theirs for 24 h.
+# The reference deleted its own receipts after 2 days (docs/miner-protocol.md §2.4.5); miners keep theirs for
+# 24 h.
 RECEIPTS_KEEP = timedelta(days=2)
 
 

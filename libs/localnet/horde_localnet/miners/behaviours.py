@@ -30,7 +30,7 @@ class Behaviour(StrEnum):
     """Drops the connection (TCP abort) when a job request arrives; the job still runs. Its outcome
     reaches the validator's next connection as `ReconnectMode` says: pushed as soon as the job ends
     (`real`, even before authentication), or after re-authentication (`legacy`, and in both modes
-    when the job ended while no connection was open; spec A §1.6 step 5)."""
+    when the job ended while no connection was open; docs/miner-protocol.md §1.6 step 5)."""
     UNKNOWN_VALIDATOR = "unknown_validator"
     """Treats every validator as unknown: `GenericError "Unknown validator: ..."`, close 1000."""
 

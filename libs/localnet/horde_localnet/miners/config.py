@@ -23,7 +23,7 @@ READY_RESEND_MAX_AGE = 600
 # day, the real miner's give-up age for jobs past the payload stage.
 REJOIN_MAX_AGE = 24 * 3600
 RECEIPTS_MAX_AGE = timedelta(hours=24)  # the receipts endpoint serves the last 24 h, like the miner's
-MAX_FRAME = 50 * 2**20  # the protocol's frame limit (spec A §1.3)
+MAX_FRAME = 50 * 2**20  # the protocol's frame limit (docs/miner-protocol.md §1.3)
 
 SIMULATED_SPECS: dict[str, Any] = {
     "gpu": {

@@ -1,4 +1,4 @@
-"""One simulated miner: a WebSocket server playing the miner side of spec A §1.6 and §2.5.
+"""One simulated miner: a WebSocket server playing the miner side of docs/miner-protocol.md §1.6 and §2.5.
 
 Validators connect to `ws://host:port/v0.1/validator_interface/{validator_hotkey}`; the same port
 serves the receipts CSV over plain HTTP. The parts:
@@ -173,7 +173,7 @@ class SimulatedMiner(JobLifecycle):
         return http_response(connection, request, self.receipts_csv)
 
     def receipts_csv(self) -> str:
-        """The receipts of the last 24 h in the miner's CSV layout (spec A §2.4.6)."""
+        """The receipts of the last 24 h in the miner's CSV layout (docs/miner-protocol.md §2.4.6)."""
         return receipts_csv(self.receipts)
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -1,6 +1,7 @@
 """A simulated miner's receipts: verified and counter-signed as the miner does, served over HTTP.
 
-The WebSocket server answers plain HTTP on the same port: `/receipts/receipts.csv` (spec A §2.4.6)
+The WebSocket server answers plain HTTP on the same port: `/receipts/receipts.csv`
+(docs/miner-protocol.md §2.4.6)
 is the receipts of the last 24 h, any path other than the validator interface is a 404.
 """
 
@@ -39,7 +40,7 @@ def check_and_sign(keypair: Any, payload: Any, signature: str, validator: str) -
 
 
 def receipts_csv(receipts: Iterable[Receipt]) -> str:
-    """The receipts of the last 24 h in the miner's CSV layout (spec A §2.4.6)."""
+    """The receipts of the last 24 h in the miner's CSV layout (docs/miner-protocol.md §2.4.6)."""
     cutoff = datetime.now(UTC) - RECEIPTS_MAX_AGE
     rows: list[dict[str, Any]] = []
     columns: list[str] = []

@@ -1,6 +1,6 @@
 """Honest job execution for the simulated executors: unpack the volume, decrypt, crack, answer.
 
-This is what a real executor does with a hashcat job (spec A §3.13), minus docker and the GPU:
+This is what a real executor does with a hashcat job (docs/miner-protocol.md §3.13), minus docker and the GPU:
 
 * **no `raw_script`** (weights version 0): the image's entrypoint is hashcat, so `docker_run_cmd` is a
   hashcat command line over `/volume/payload.txt`;

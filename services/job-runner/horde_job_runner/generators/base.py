@@ -1,7 +1,8 @@
 """The synthetic job generator interface shared by the hashcat and LLM generators.
 
 A generator holds everything the batch needs to send one synthetic job and to judge its answer
-(spec §3.6, §3.13, §3.14). Values are plain JSON-ready dicts and strings, so this package does not
+(docs/miner-protocol.md §3.6, §3.13, §3.14). Values are plain JSON-ready dicts and strings, so this package
+does not
 depend on the wire models; the job-runner converts them with the protocol models when it builds the
 `V0InitialJobRequest` / `V0JobRequest`.
 """
@@ -14,11 +15,11 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
-# Docker run option presets (spec §2.1).
+# Docker run option presets (docs/miner-protocol.md §2.1).
 PRESET_NVIDIA_ALL = "nvidia_all"
 PRESET_NONE = "none"
 
-# Executor classes (spec §5), as wire strings: a `StrEnum` member compares equal to them.
+# Executor classes (docs/miner-protocol.md §5), as wire strings: a `StrEnum` member compares equal to them.
 CLASS_SPIN_UP_4MIN_GPU_24GB = "spin_up-4min.gpu-24gb"
 CLASS_ALWAYS_ON_GPU_24GB = "always_on.gpu-24gb"
 CLASS_ALWAYS_ON_LLM_A6000 = "always_on.llm.a6000"
@@ -27,11 +28,12 @@ Volume = dict[str, Any]
 """A volume as its wire JSON, e.g. `{"volume_type": "inline", "contents": "...", "relative_path": None}`."""
 
 OutputUpload = dict[str, Any]
-"""An output upload as its wire JSON (spec §2.1)."""
+"""An output upload as its wire JSON (docs/miner-protocol.md §2.1)."""
 
 
 class Verdict(NamedTuple):
-    """The result of checking one answer: `(correct, comment, score)` (spec §3.10 step 4)."""
+    """The result of checking one answer: `(correct, comment, score)` (docs/miner-protocol.md §3.10 step
+    4)."""
 
     correct: bool
     comment: str
@@ -103,7 +105,8 @@ class JobGenerator(ABC):
     def verify(self, stdout: str, time_took: float) -> Verdict:
         """Judge a `V0JobFinishedRequest`: its stdout and the measured `time_took` in seconds.
 
-        The caller applies the time limit (spec §3.10 step 5) and the manifest multiplier (§3.15).
+        The caller applies the time limit (docs/miner-protocol.md §3.10 step 5) and the manifest multiplier
+        (§3.15).
         """
 
     @abstractmethod

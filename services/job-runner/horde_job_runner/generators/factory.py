@@ -1,4 +1,4 @@
-"""Choose and build the generator for one executor (spec §3.6 step 2)."""
+"""Choose and build the generator for one executor (docs/miner-protocol.md §3.6 step 2)."""
 
 from __future__ import annotations
 

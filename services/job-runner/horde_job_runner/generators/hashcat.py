@@ -1,4 +1,4 @@
-"""GPU hashcat synthetic jobs (spec §3.13) for weights versions 0, 1-3 and 4.
+"""GPU hashcat synthetic jobs (docs/miner-protocol.md §3.13) for weights versions 0, 1-3 and 4.
 
 Three flavours, chosen by the weights version:
 
@@ -147,7 +147,7 @@ def hash_params(
 
 
 def hashcat_score(weights_version: int, time_took: float, timeout: float) -> float:
-    """The score of a correct answer given within the limit (spec §3.13 "Score function").
+    """The score of a correct answer given within the limit (docs/miner-protocol.md §3.13 "Score function").
 
     v0: `2 * (1 - t / (2 * timeout))`; v1, v2: `1 / t`; v3, v4: `1`. A non-positive `t` (an out of
     order response, rejected earlier by the caller) scores 0 for the time-based versions.

@@ -1,9 +1,9 @@
-"""LLM prompt jobs for `always_on.llm.a6000` (spec §3.14): the interface only.
+"""LLM prompt jobs for `always_on.llm.a6000` (docs/miner-protocol.md §3.14): the interface only.
 
 The prompt material (answered `PromptSample`s, their series URL and workload seed, a pre-signed PUT
 URL for the answers) comes from the cross-validation pipeline. Until a sample is supplied the
 generator cannot be built: `NoPromptsAvailable` is raised, and the job-runner then generates no LLM
-jobs for the batch and records `VALIDATOR_TELEMETRY/INSUFFICIENT_PROMPTS` (spec §3.6).
+jobs for the batch and records `VALIDATOR_TELEMETRY/INSUFFICIENT_PROMPTS` (docs/miner-protocol.md §3.6).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ LLM_IMAGE = "docker.io/backenddevelopersltd/compute-horde-prompt-solver:v0-lates
 
 
 class NoPromptsAvailable(Exception):
-    """No answered prompt sample for an LLM job: generate no LLM jobs this batch (spec §3.6)."""
+    """No answered prompt sample for an LLM job: generate no LLM jobs this batch
+    (docs/miner-protocol.md §3.6)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,8 @@ class LlmPromptSample:
 class LlmPromptsJobGenerator(JobGenerator):
     """An LLM prompt job over one prompt sample.
 
-    Cheap to build (no hashing); `verify` needs the answers downloaded after the job (spec §3.9),
+    Cheap to build (no hashing); `verify` needs the answers downloaded after the job
+    (docs/miner-protocol.md §3.9),
     given with `set_answers`.
     """
 

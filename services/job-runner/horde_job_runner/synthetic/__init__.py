@@ -1,4 +1,4 @@
-"""Synthetic job batches (spec A §3): one shard of a batch, run against its miners.
+"""Synthetic job batches (docs/miner-protocol.md §3): one shard of a batch, run against its miners.
 
 * `batch.run_shard(request, deps)`: the orchestrator (connect, manifests, jobs, spin-up, release,
   job requests, scoring, receipts, persistence); every dependency is injected through `BatchDeps`.

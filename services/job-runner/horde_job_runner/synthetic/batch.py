@@ -1,4 +1,4 @@
-"""`run_shard`: one shard of a synthetic job batch, end to end (spec A §3.2–§3.12).
+"""`run_shard`: one shard of a synthetic job batch, end to end (docs/miner-protocol.md §3.2–§3.12).
 
 Stages, each recorded as a CHECKPOINT event (names follow the reference's):
 
@@ -17,7 +17,7 @@ Stages, each recorded as a CHECKPOINT event (names follow the reference's):
    with a yield to the loop every few milliseconds; then wait `timeout + 120` for the answers.
 8. `_score_jobs`, `_send_job_finished_receipts`, `_multi_close_client`, `_db_persist`.
 
-Timing rules (reference-measurements lessons 1 and 4): every window is measured on the validator's
+Timing rules (docs/performance.md lessons 1 and 4): every window is measured on the validator's
 monotonic clock from the moment *we* actually sent the request, never from a planned moment; an
 event-loop monitor records our own stalls, and a job that failed on time alone during such a stall
 is excluded from scoring (with a VALIDATOR_FAILURE event) instead of being blamed on the miner.

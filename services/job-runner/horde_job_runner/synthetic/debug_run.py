@@ -1,4 +1,5 @@
-"""One synthetic batch in-process, with no scheduler and no chain (spec A §3.0 step 5, "debug mode").
+"""One synthetic batch in-process, with no scheduler and no chain (docs/miner-protocol.md §3.0 step 5, "debug
+mode").
 
 `horde debug run-synthetic-jobs` is a thin CLI around `run_debug_batch`: the miners come from the
 `DEBUG_MINER_*` settings, the validator key from the usual hotkey settings, and the database from

@@ -1,4 +1,4 @@
-"""Building synthetic jobs off the event loop (spec A §3.6; reference-measurements lesson 2).
+"""Building synthetic jobs off the event loop (docs/miner-protocol.md §3.6; docs/performance.md lesson 2).
 
 A hashcat job costs ~0.4 ms (localnet) to ~1.5 ms (production) of pure CPU: passwords, hashes,
 Fernet, pickle and zip. The reference built them serially on its event loop (~2.5 ms each, 16 % of

@@ -275,7 +275,7 @@ class MinerLink:
 
     async def _close_requested(self) -> None:
         """The session asked to close, for the miner's fault (it said we are unknown/inactive,
-        spec A §1.8, or it flooded us with malformed frames): close our side, no reconnects.
+        docs/miner-protocol.md §1.8, or it flooded us with malformed frames): close our side, no reconnects.
 
         The manifest wait is woken (there will be no manifest): a miner closed on before its
         manifest ends as MANIFEST_ERROR with `close_reason`, the miner's fault, instead of waiting

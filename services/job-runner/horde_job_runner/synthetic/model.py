@@ -99,7 +99,7 @@ def _default_spin_up() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class BatchTimeouts:
-    """Every wait of a batch (spec A §3.1). Tests shrink them; production uses the defaults.
+    """Every wait of a batch (docs/miner-protocol.md §3.1). Tests shrink them; production uses the defaults.
 
     `spin_up` is each class's spin-up allowance (`max(spin_up_time, 2)`): the stagger and the
     accept→ready window. Overriding it does not change the receipts' `ttl` (that stays the class's
@@ -174,7 +174,8 @@ class ProgressListener(Protocol):
 
 @dataclass(frozen=True)
 class DynamicValues:
-    """The DYNAMIC_* values a batch reads (spec A §0): multiplier, ratio threshold and per-class caps."""
+    """The DYNAMIC_* values a batch reads (docs/miner-protocol.md §0): multiplier, ratio threshold and
+    per-class caps."""
 
     manifest_score_multiplier: float = 1.3
     manifest_dance_ratio_threshold: float = 1.4

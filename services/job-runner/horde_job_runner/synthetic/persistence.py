@@ -1,6 +1,6 @@
-"""What a shard reads from and writes to Postgres (spec A §3.3, §3.12).
+"""What a shard reads from and writes to Postgres (docs/miner-protocol.md §3.3, §3.12).
 
-A shard's results are written in ONE transaction (reference measurements lesson 5: the reference
+A shard's results are written in ONE transaction (docs/performance.md lesson 5: the reference
 spent ~1.15 s of CPU on per-row ORM work at 512 jobs). Either all of it is stored or none. How:
 
 * a small shard (up to `SMALL_SHARD_ROWS` rows) is ONE statement: the batch `UPDATE` and an

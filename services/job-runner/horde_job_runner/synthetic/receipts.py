@@ -1,4 +1,5 @@
-"""The three receipts of a synthetic job (spec A §2.4): build, sign, and turn into stored rows.
+"""The three receipts of a synthetic job (docs/miner-protocol.md §2.4): build, sign, and turn into stored
+rows.
 
 The validator signs `canonical_json(payload in JSON mode)` with its hotkey; the protocol models
 (`horde_common.protocol.miner.receipts`) own that blob (`blob_for_signing`), and it is what a miner

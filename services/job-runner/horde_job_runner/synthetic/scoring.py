@@ -101,7 +101,7 @@ def manifest_multiplier(
     multiplier: float,
     threshold: float,
 ) -> float | None:
-    """The dance multiplier for one (miner, class), or None for "no change" (spec A §3.15).
+    """The dance multiplier for one (miner, class), or None for "no change" (docs/miner-protocol.md §3.15).
 
     Only from weights version 2. Absent previous count (not the same as 0), a zero on either side,
     or a ratio of at least `threshold` between the two counts earns the multiplier.

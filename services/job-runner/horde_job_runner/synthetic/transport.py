@@ -1,4 +1,5 @@
-"""The WebSocket link to one miner: a thin I/O adapter under the sans-I/O `MinerSession` (spec A §1.2–§1.4).
+"""The WebSocket link to one miner: a thin I/O adapter under the sans-I/O `MinerSession`
+(docs/miner-protocol.md §1.2–§1.4).
 
 The transport only moves frames. It knows nothing about jobs; what it does on its own is:
 
@@ -7,14 +8,14 @@ The transport only moves frames. It knows nothing about jobs; what it does on it
   `connect_attempts` times and sleeping `2^n + U(0, 1)` s after the n-th failure;
 * send the `hello` frame (the `V0AuthenticateRequest`, built fresh each time so its timestamp is
   current) as the first frame of **every** connection, the first one and each reconnect. The
-  reference did not re-authenticate after a reconnect (spec A Appendix B quirk 1), so a miner that
-  dropped once never answered again; we fix that, and the miner re-delivers undelivered results;
+  reference did not re-authenticate after a reconnect (docs/miner-protocol.md Appendix B quirk 1), so a
+  miner that dropped once never answered again; we fix that, and the miner re-delivers undelivered results;
 * reconnect when a send or a receive finds the connection dropped, then retry the send or resume
   reading. A send that keeps failing is retried (1–2 s apart) until the caller's own stage timeout
   cancels it, like the reference; each failure is reported through `on_error`.
 
 Compression: the reference offered permessage-deflate and spent ~1.4 ms of CPU per 62 KB job request
-on it (reference-measurements.md); the payloads are base64 of random data and barely compress, so
+on it (docs/performance.md); the payloads are base64 of random data and barely compress, so
 we do not offer it (`compression=None`; an extension is negotiated, the miner accepts either).
 
 Everything that waits goes through an injectable `sleep` and `rng`, so tests run the retry policy
@@ -53,7 +54,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class TransportSettings:
-    """WebSocket parameters (spec A §1.3) and the connect/retry policy (§1.4)."""
+    """WebSocket parameters (docs/miner-protocol.md §1.3) and the connect/retry policy (§1.4)."""
 
     max_size: int = 50 * 2**20
     ping_interval: float | None = 20.0
@@ -101,7 +102,8 @@ TransportFactory = Callable[..., MinerTransport]
 
 
 def miner_url(address: str, port: int, validator_hotkey: str) -> str:
-    """The miner's validator-interface URL (spec A §1.2). IPv6 addresses get brackets (fixes quirk 9)."""
+    """The miner's validator-interface URL (docs/miner-protocol.md §1.2). IPv6 addresses get brackets (fixes
+    quirk 9)."""
     host = f"[{address}]" if ":" in address and not address.startswith("[") else address
     return f"ws://{host}:{port}/v0.1/validator_interface/{validator_hotkey}"
 

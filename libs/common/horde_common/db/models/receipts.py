@@ -1,4 +1,5 @@
-"""The validator's copies of the receipts it signed (spec A §2.4.5); `miner_signature` is null for them."""
+"""The validator's copies of the receipts it signed (docs/miner-protocol.md §2.4.5); `miner_signature` is null
+for them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The validator ↔ miner WebSocket protocol as spoken by November-2024 miners (spec A), sans-I/O.
+"""The validator ↔ miner WebSocket protocol as spoken by November-2024 miners (docs/miner-protocol.md),
+sans-I/O.
 
 * messages and values: `validator_messages`, `miner_messages`, `base_messages`, `values`, `receipts`;
 * frames: `parse_miner_message`, `parse_validator_message`, `dumps`, `ProtocolError`;

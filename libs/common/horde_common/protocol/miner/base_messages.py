@@ -1,4 +1,5 @@
-"""Messages whose shape is the same in both directions, and the job-message base (spec A §2.2.6–7, §2.3.6–7).
+"""Messages whose shape is the same in both directions, and the job-message base
+(docs/miner-protocol.md §2.2.6–7, §2.3.6–7).
 
 Every message is a JSON object discriminated by `message_type`; the strings are wire facts.
 """

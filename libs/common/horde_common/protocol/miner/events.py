@@ -24,7 +24,7 @@ from .miner_messages import (
 
 
 class MinerErrorSubtype(StrEnum):
-    """How a miner's `GenericError` is classified (spec A §1.8)."""
+    """How a miner's `GenericError` is classified (docs/miner-protocol.md §1.8)."""
 
     UNAUTHORIZED = "UNAUTHORIZED"
     GENERIC_ERROR = "GENERIC_ERROR"

@@ -1,4 +1,5 @@
-"""Executor classes: the wire values and the per-class facts the batch timing depends on (spec A §5).
+"""Executor classes: the wire values and the per-class facts the batch timing depends on
+(docs/miner-protocol.md §5).
 
 Only the three classes live in November 2024 exist; an unknown class string is a protocol error
 (it makes a whole manifest invalid), so the enum must not grow speculative members.

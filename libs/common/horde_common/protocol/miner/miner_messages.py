@@ -1,4 +1,4 @@
-"""Miner → validator messages (spec A §2.3)."""
+"""Miner → validator messages (docs/miner-protocol.md §2.3)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ExecutorManifest(WireModel):
     executor_classes: list[ExecutorClassManifest] = Field(max_length=MAX_MANIFEST_ENTRIES)
 
     def executor_counts(self) -> dict[ExecutorClass, int]:
-        """Executors per class as the batch counts them (spec A §3.4).
+        """Executors per class as the batch counts them (docs/miner-protocol.md §3.4).
 
         Entries with count <= 0 are ignored, the integer 0 means the default class, repeated
         classes are summed, and entries with any other integer class are skipped (see

@@ -1,4 +1,5 @@
-"""Frame ⇄ message conversion for each direction, with the original's error texts (spec A §1.5).
+"""Frame ⇄ message conversion for each direction, with the original's error texts
+(docs/miner-protocol.md §1.5).
 
 A frame is valid only if its `message_type` belongs to the receiving side's set and the whole
 object validates against that type; unknown fields are ignored. Error texts follow the original:

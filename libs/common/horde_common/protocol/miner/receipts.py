@@ -1,4 +1,5 @@
-"""Receipt payloads: signed statements about a job that validator and miner both keep (spec A §2.4).
+"""Receipt payloads: signed statements about a job that validator and miner both keep
+(docs/miner-protocol.md §2.4).
 
 The validator signs `canonical_json(payload in JSON mode)`; the miner re-parses the payload it
 received, re-serialises it the same way and verifies. Datetimes are therefore serialised with

@@ -1,4 +1,4 @@
-"""The validator's side of one miner connection, without I/O (spec A §1.4–§1.8, §2.5, §6).
+"""The validator's side of one miner connection, without I/O (docs/miner-protocol.md §1.4–§1.8, §2.5, §6).
 
 The job runner owns the socket and the clock; it feeds frames and times in, and gets back events
 and messages to send. Keeping the rules here, away from asyncio, makes them testable as tables

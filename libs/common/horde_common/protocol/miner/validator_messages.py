@@ -1,4 +1,4 @@
-"""Validator → miner messages (spec A §2.2), with the original's validation rules.
+"""Validator → miner messages (docs/miner-protocol.md §2.2), with the original's validation rules.
 
 A November-2024 miner rejects what these models reject, so building a message here that validates
 is the guarantee that the miner will accept it.

@@ -1,4 +1,5 @@
-"""Value types shared by the messages: volumes, output uploads, run presets, machine specs (spec A §2.1).
+"""Value types shared by the messages: volumes, output uploads, run presets, machine specs
+(docs/miner-protocol.md §2.1).
 
 Field names, optionality and discriminator strings are wire facts of the November-2024 miners;
 optional fields default to None and are always serialised (as `null`), like the original.
