@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import random
+import pickle
 import zipfile
+from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
-from horde_job_runner.generators import HashcatJobGenerator, make_generator
 from horde_localnet.miners.solver import (
     JobError,
     crack,
@@ -22,23 +23,51 @@ from horde_localnet.miners.solver import (
     unpack_volume,
 )
 
-GPU = "spin_up-4min.gpu-24gb"
+# Jobs are written here in the wire format of docs/miner-protocol.md §3.13, not made by the job
+# runner's generators; that the simulator answers those is tested in
+# services/job-runner/tests/test_against_localnet_solver.py.
+SALT = bytes.fromhex("0011223344556677")
+HASHCAT_CMD = ["--hash-type", "1410", "--hex-salt", "-1", "?l?d?u", "--outfile-format", "2", "--quiet"]
 
 
-def job_spec(gen: HashcatJobGenerator, **extra: object) -> dict[str, object]:
+def hash_lines(hasher: Any, passwords: list[str]) -> str:
+    return "\n".join(f"{hasher(p.encode() + SALT).hexdigest()}:{SALT.hex()}" for p in passwords)
+
+
+def inline_volume(payload: bytes) -> dict[str, object]:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("payload.txt", payload)
     return {
-        "volume": gen.volume(),
-        "raw_script": gen.raw_script(),
-        "docker_run_cmd": gen.docker_run_cmd(),
-        "docker_image_name": gen.docker_image_name(),
-        **extra,
+        "volume_type": "inline",
+        "contents": base64.b64encode(buf.getvalue()).decode(),
+        "relative_path": None,
     }
 
 
-def localnet_job(weights_version: int, seed: int = 1, hotkey: str = "5Fminer") -> HashcatJobGenerator:
-    gen = make_generator(GPU, weights_version, hotkey, "localnet", random.Random(seed))
-    assert isinstance(gen, HashcatJobGenerator)
-    return gen
+def fernet_key(secret: str) -> bytes:
+    return base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
+
+
+STAGES = [["a1", "b2"], ["Z9"]]
+CHAINED_ANSWER = base64.urlsafe_b64encode(hashlib.sha256(b"a1b2Z9").digest()).decode()
+
+
+def chained_job(first_password: str) -> dict[str, object]:
+    """Two stages: stage 0 encrypted with `first_password`, stage 1 with stage 0's passwords."""
+    stage0 = Fernet(fernet_key(first_password)).encrypt(hash_lines(hashlib.sha256, STAGES[0]).encode())
+    stage1 = Fernet(fernet_key("\n".join(STAGES[0]))).encrypt(hash_lines(hashlib.sha384, STAGES[1]).encode())
+    payload = {
+        "n": 2,
+        "payloads": [stage0.decode(), stage1.decode()],
+        "masks": ["?1?d", "?1?d"],
+        "algorithms": ["1410", "10810"],
+    }
+    return {
+        "volume": inline_volume(pickle.dumps(payload, protocol=4)),
+        "raw_script": "# emulated",
+        "docker_run_cmd": ["/script.py", first_password],
+    }
 
 
 def test_expand_charset() -> None:
@@ -57,26 +86,29 @@ def test_production_masks_are_refused_not_attempted() -> None:
         crack("1410", "00:00", "?1?1?1?1?1?1", {"1": "?l?d?u"})
 
 
-@pytest.mark.parametrize("weights_version", [0, 1, 2, 3, 4])
-def test_execute_gives_the_expected_answer(weights_version: int) -> None:
-    gen = localnet_job(weights_version)
-    result = execute(job_spec(gen))
+def test_execute_a_hashcat_command_line() -> None:
+    volume = inline_volume(hash_lines(hashlib.sha256, ["q7"]).encode())
+    result = execute({"volume": volume, "docker_run_cmd": [*HASHCAT_CMD, "/volume/payload.txt", "?1?d"]})
+    assert (result.exit_status, result.stdout) == (0, "q7\n")
+
+
+def test_execute_a_chained_script_job() -> None:
+    result = execute(chained_job("5Fminer-secret"))
     assert result.exit_status == 0, result
-    assert gen.verify(result.stdout, 1.0).correct
+    assert result.stdout == CHAINED_ANSWER + "\n"
 
 
-def test_v4_needs_the_right_first_password() -> None:
-    gen = localnet_job(4)
-    spec = job_spec(gen)
-    spec["docker_run_cmd"] = ["/script.py", "5Fsomeone-else-" + "a" * 48]
+def test_a_chained_job_needs_the_right_first_password() -> None:
+    spec = chained_job("5Fminer-secret")
+    spec["docker_run_cmd"] = ["/script.py", "5Fsomeone-else"]
     result = execute(spec)
     assert result.exit_status == 1 and "cannot decrypt" in result.stderr
 
 
-def test_production_job_fails_like_a_container() -> None:
-    gen = make_generator(GPU, 4, "5Fminer", "production", random.Random(1))
-    assert isinstance(gen, HashcatJobGenerator)
-    result = execute(job_spec(gen))
+def test_a_production_mask_fails_like_a_container() -> None:
+    volume = inline_volume(hash_lines(hashlib.sha256, ["q7"]).encode())
+    cmd = [*HASHCAT_CMD, "/volume/payload.txt", "?1?1?1?1?1?1?d?d"]
+    result = execute({"volume": volume, "docker_run_cmd": cmd})
     assert result.exit_status == 1 and "too many" in result.stderr
 
 
@@ -120,12 +152,17 @@ def test_stdout_truncation() -> None:
     assert truncate_output(long) == "a" * 100 + " ... " + "c" * 100
 
 
-@pytest.mark.parametrize("weights_version", [1, 4])
-def test_the_validators_script_runs_with_the_stand_in_hashcat(weights_version: int) -> None:
-    gen = localnet_job(weights_version)
-    result = run_script_subprocess(gen.raw_script() or "", gen.docker_run_cmd(), unpack_volume(gen.volume()))
-    assert result.exit_status == 0, result
-    assert gen.verify(result.stdout, 1.0).correct
+STAND_IN_SCRIPT = """import os, subprocess, sys
+volume = os.environ["HORDE_JOB_VOLUME_DIR"]
+args = [os.environ["HORDE_HASHCAT"], *sys.argv[1:], volume + "/payload.txt", "?1?d"]
+print(subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip())
+"""
+
+
+def test_a_script_runs_with_the_volume_and_the_stand_in_hashcat() -> None:
+    files = unpack_volume(inline_volume(hash_lines(hashlib.sha256, ["q7"]).encode()))
+    result = run_script_subprocess(STAND_IN_SCRIPT, ["/script.py", *HASHCAT_CMD], files)
+    assert (result.exit_status, result.stdout) == (0, "q7\n"), result
 
 
 def test_hashcat_stand_in(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
