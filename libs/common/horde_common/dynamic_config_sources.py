@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from horde_common.dynamic_config_items import DynamicConfigError
+from horde_common.dynamic_config_model import DynamicConfigError
 
 HTTP_TIMEOUT_S = 10.0
 USER_AGENT = "backend-developers-ltd"
