@@ -188,7 +188,7 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
         _err().print(f"[red]config error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
-    from horde_common.crypto import load_hotkey
+    from horde_common.wallet import load_hotkey
     from horde_job_runner.synthetic.debug_run import DebugConfigError, debug_miners
     from horde_localnet import keys
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = [
     "canonical_json",
     "keypair_from_seed",
-    "load_hotkey",
     "public_keypair",
     "receipt_payload_json",
     "sign",
@@ -36,17 +34,6 @@ __all__ = [
 ]
 
 _HEX_SEED = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
-
-
-class _WalletSettings(Protocol):
-    """The part of `horde_common.config.Settings` that `load_hotkey` reads."""
-
-    BITTENSOR_WALLET_NAME: str
-    BITTENSOR_WALLET_HOTKEY_NAME: str
-    BITTENSOR_WALLET_DIRECTORY: str
-
-    @property
-    def HOTKEY_SEED(self) -> Any: ...
 
 
 def _keypair_cls() -> type[Keypair]:
@@ -85,46 +72,6 @@ def keypair_from_seed(seed: str | bytes) -> Keypair:
 def public_keypair(ss58_address: str) -> Keypair:
     """A verify-only keypair for an SS58 address (raises ValueError for a malformed address)."""
     return _keypair_cls()(ss58_address=ss58_address)
-
-
-def load_hotkey(settings: _WalletSettings) -> Keypair:
-    """The validator's hotkey: `HOTKEY_SEED` when set (localnet/dev), else the btcli wallet hotkey file.
-
-    Raises `ConfigError` with one line naming the missing or unreadable file, because a service that
-    cannot sign must refuse to start rather than fail on its first batch.
-    """
-    from horde_common.config import ConfigError
-
-    raw_seed = settings.HOTKEY_SEED
-    if raw_seed is not None:
-        seed = raw_seed.get_secret_value() if hasattr(raw_seed, "get_secret_value") else str(raw_seed)
-        try:
-            return keypair_from_seed(seed)
-        except ValueError as exc:
-            raise ConfigError(f"HOTKEY_SEED: {exc}") from None
-
-    directory = Path(settings.BITTENSOR_WALLET_DIRECTORY).expanduser()
-    name, hotkey = settings.BITTENSOR_WALLET_NAME, settings.BITTENSOR_WALLET_HOTKEY_NAME
-    path = directory / name / "hotkeys" / hotkey
-    if not path.is_file():
-        raise ConfigError(
-            f"hotkey file {path} not found (set BITTENSOR_WALLET_DIRECTORY, BITTENSOR_WALLET_NAME, "
-            "BITTENSOR_WALLET_HOTKEY_NAME, or HOTKEY_SEED)"
-        )
-
-    from bittensor.wallet import Wallet
-
-    wallet = Wallet(name=name, hotkey=hotkey, path=str(directory))
-    hotkey_file = wallet.hotkey_file
-    try:
-        if hotkey_file.is_encrypted():
-            # Never prompt: services run unattended.
-            raise ConfigError(f"hotkey file {path} is encrypted; the validator needs an unencrypted hotkey")
-        return hotkey_file.get_keypair()
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"hotkey file {path} could not be loaded: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------ canonical JSON

@@ -12,13 +12,13 @@ from horde_common.config import ConfigError, load_settings
 from horde_common.crypto import (
     canonical_json,
     keypair_from_seed,
-    load_hotkey,
     receipt_payload_json,
     sign,
     verify,
     wire_datetime,
 )
 from horde_common.protocol.miner import ExecutorClass, JobStartedReceiptPayload
+from horde_common.wallet import load_hotkey
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 DEV_PHRASE = "bottom drive obey lake curtain smoke basket hold race lonely fit walk"

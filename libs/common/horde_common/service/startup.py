@@ -120,6 +120,6 @@ def preflight(spec: ServiceSpec, settings: Settings) -> Keypair | None:
     """
     if not spec.needs_hotkey and settings.HOTKEY_SEED is None:
         return None
-    from horde_common.crypto import load_hotkey
+    from horde_common.wallet import load_hotkey
 
     return load_hotkey(settings)
