@@ -23,7 +23,7 @@ DEAD_LETTER_QUEUE = "horde.dead-letters"
 
 # A message is delivered at most MAX_DELIVERIES times before RabbitMQ dead-letters it. Five is enough
 # to ride out a consumer crash or a short DB/miner hiccup (the broker backs off between attempts,
-# see `Broker`), and few enough that a poison message leaves the queue within seconds, not hours.
+# see `horde_common.bus.ack`), and few enough that a poison message leaves the queue within seconds, not hours.
 # RabbitMQ's `x-delivery-limit` counts *returns*, so the limit argument is MAX_DELIVERIES - 1.
 MAX_DELIVERIES = 5
 

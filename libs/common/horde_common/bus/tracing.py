@@ -1,6 +1,6 @@
 """Trace-context propagation for the bus: the consumer span (child of the publisher's) and the producer span.
 
-Split from `broker` to keep modules small; the broker imports these helpers. Tests install an SDK
+Used by the publisher and the consumer (`bus.publisher`, `bus.consumer`). Tests install an SDK
 tracer by patching `tracer` and `_sdk_tracing` here.
 """
 
