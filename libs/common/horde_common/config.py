@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     DYNAMIC_CONFIG_SOURCE: str | None = None
     SYNTHETIC_HASHCAT_DIFFICULTY: HashcatDifficulty = HashcatDifficulty.PRODUCTION
     LOCALNET_CHAIN_URL: str | None = None
+    # Metagraph snapshot cadence overrides (docs/scheduling.md §6); unset: production or localnet default.
+    METAGRAPH_SYNC_EVERY_BLOCKS: int | None = Field(None, ge=1)
+    METAGRAPH_SYNC_POLL_INTERVAL_S: float | None = Field(None, gt=0, le=3600)
 
     @field_validator("HOTKEY_SEED", mode="before")
     @classmethod

@@ -14,8 +14,7 @@ of it.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -71,8 +70,6 @@ MAX_UIDS_LOGGED = 20
 SNAPSHOT_LOCK_KEY = 0x6D65_7461_6772_6170  # "metagrap"
 
 # Environment overrides (read once when the loop starts; see docs/scheduling.md §6).
-ENV_EVERY_BLOCKS = "METAGRAPH_SYNC_EVERY_BLOCKS"
-ENV_POLL_INTERVAL_S = "METAGRAPH_SYNC_POLL_INTERVAL_S"
 
 
 @dataclass(frozen=True)
@@ -89,30 +86,16 @@ class SyncParams:
     keep_blocks: int = KEEP_BLOCKS
 
 
-def params_from_env(settings: Settings, environ: Mapping[str, str]) -> SyncParams:
+def params_from_settings(settings: Settings) -> SyncParams:
     """Production defaults, localnet's faster cadence when `LOCALNET_CHAIN_URL` is set, then the
-    `METAGRAPH_SYNC_*` overrides. A bad override is a `ValueError` naming the variable."""
+    `METAGRAPH_SYNC_*` overrides (validated by `Settings`, so a bad one stops the service at start)."""
     params = SyncParams()
     if settings.LOCALNET_CHAIN_URL:
         params = replace(params, every_blocks=LOCALNET_EVERY_BLOCKS, poll_interval_s=LOCALNET_POLL_INTERVAL_S)
-    raw_every = environ.get(ENV_EVERY_BLOCKS, "").strip()
-    if raw_every:
-        try:
-            every = int(raw_every)
-        except ValueError:
-            every = 0
-        if every < 1:
-            raise ValueError(f"{ENV_EVERY_BLOCKS} must be a whole number of blocks >= 1")
-        params = replace(params, every_blocks=every)
-    raw_poll = environ.get(ENV_POLL_INTERVAL_S, "").strip()
-    if raw_poll:
-        try:
-            poll = float(raw_poll)
-        except ValueError:
-            poll = 0.0
-        if not 0 < poll <= 3600:
-            raise ValueError(f"{ENV_POLL_INTERVAL_S} must be seconds in (0, 3600]")
-        params = replace(params, poll_interval_s=poll)
+    if settings.METAGRAPH_SYNC_EVERY_BLOCKS is not None:
+        params = replace(params, every_blocks=settings.METAGRAPH_SYNC_EVERY_BLOCKS)
+    if settings.METAGRAPH_SYNC_POLL_INTERVAL_S is not None:
+        params = replace(params, poll_interval_s=settings.METAGRAPH_SYNC_POLL_INTERVAL_S)
     return params
 
 
@@ -355,7 +338,7 @@ async def _prune_now_and_then(
 
 async def metagraph_sync_loop(ctx: ServiceContext) -> None:
     """The `ServiceSpec.loops` entry: the settings' chain and netuid, `METAGRAPH_SYNC_*` overrides."""
-    await run_sync_loop(ctx, params_from_env(ctx.settings, os.environ))
+    await run_sync_loop(ctx, params_from_settings(ctx.settings))
 
 
 async def metagraph_view(ctx: ServiceContext) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import bittensor_core
 import pytest
 
 from horde_common.chain import Metagraph, Neuron
-from horde_common.config import load_settings
+from horde_common.config import ConfigError, load_settings
 from horde_scheduler.metagraph_rows import (
     MAX_NEURONS,
     MetagraphRefused,
@@ -18,7 +18,7 @@ from horde_scheduler.metagraph_rows import (
     snapshot_rows,
     sync_target_block,
 )
-from horde_scheduler.metagraph_sync import EVERY_BLOCKS, SyncParams, params_from_env
+from horde_scheduler.metagraph_sync import EVERY_BLOCKS, SyncParams, params_from_settings
 
 
 def key(i: int) -> str:
@@ -157,16 +157,16 @@ def test_sync_target_block_is_on_the_grid() -> None:
 
 def test_params_defaults_localnet_and_overrides() -> None:
     prod = load_settings(LOCALNET_CHAIN_URL=None)
-    assert params_from_env(prod, {}) == SyncParams()
+    assert params_from_settings(prod) == SyncParams()
     assert SyncParams().every_blocks == EVERY_BLOCKS
     local = load_settings(LOCALNET_CHAIN_URL="http://127.0.0.1:9944")
-    assert params_from_env(local, {}).every_blocks == 1
-    over = params_from_env(
-        prod, {"METAGRAPH_SYNC_EVERY_BLOCKS": "10", "METAGRAPH_SYNC_POLL_INTERVAL_S": "2.5"}
+    assert params_from_settings(local).every_blocks == 1
+    over = params_from_settings(
+        load_settings(METAGRAPH_SYNC_EVERY_BLOCKS="10", METAGRAPH_SYNC_POLL_INTERVAL_S="2.5")
     )
     assert (over.every_blocks, over.poll_interval_s) == (10, 2.5)
     for bad in ({"METAGRAPH_SYNC_EVERY_BLOCKS": "0"}, {"METAGRAPH_SYNC_EVERY_BLOCKS": "x"}):
-        with pytest.raises(ValueError, match="METAGRAPH_SYNC_EVERY_BLOCKS"):
-            params_from_env(prod, bad)
-    with pytest.raises(ValueError, match="METAGRAPH_SYNC_POLL_INTERVAL_S"):
-        params_from_env(prod, {"METAGRAPH_SYNC_POLL_INTERVAL_S": "-1"})
+        with pytest.raises(ConfigError, match="METAGRAPH_SYNC_EVERY_BLOCKS"):
+            load_settings(**bad)
+    with pytest.raises(ConfigError, match="METAGRAPH_SYNC_POLL_INTERVAL_S"):
+        load_settings(METAGRAPH_SYNC_POLL_INTERVAL_S="-1")
