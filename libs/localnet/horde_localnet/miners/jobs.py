@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from horde_common.protocol.miner import (
     ExecutorClass,
@@ -35,6 +35,38 @@ class JobState(StrEnum):
     FINISHED = "finished"
     FAILED = "failed"
     ABANDONED = "abandoned"  # no job request arrived within the reservation
+
+
+# Who moves a job where (`lifecycle`, `delivery`): the executor is reserved or the job declined;
+# the executor spins up, then is ready or fails; a ready job runs when its request comes, or is
+# given up when the request never comes (`ABANDONED`, the reservation watchdog) or when its ready
+# notice went stale before a reconnect (`FAILED`); a running job finishes or fails. `RESERVING`
+# (where every job starts) is nobody's target; states without successors are final.
+JOB_TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = {
+    JobState.RESERVING: frozenset({JobState.DECLINED, JobState.SPINNING_UP}),
+    JobState.SPINNING_UP: frozenset({JobState.READY, JobState.EXECUTOR_FAILED, JobState.ABANDONED}),
+    JobState.READY: frozenset({JobState.RUNNING, JobState.ABANDONED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.FINISHED, JobState.FAILED}),
+    JobState.DECLINED: frozenset(),
+    JobState.EXECUTOR_FAILED: frozenset(),
+    JobState.FINISHED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.ABANDONED: frozenset(),
+}
+
+TERMINAL_STATES: Final = frozenset(state for state, targets in JOB_TRANSITIONS.items() if not targets)
+"""States a job never leaves: it has its outcome, or it will never get one."""
+
+
+class IllegalTransition(ValueError):
+    """A simulator bug: something tried to move a job along an edge `JOB_TRANSITIONS` lacks."""
+
+    def __init__(self, job_uuid: str, current: JobState, target: JobState) -> None:
+        allowed = ", ".join(sorted(JOB_TRANSITIONS[current])) or "nothing (final state)"
+        super().__init__(f"job {job_uuid}: illegal transition {current} -> {target} (allowed: {allowed})")
+        self.job_uuid = job_uuid
+        self.current = current
+        self.target = target
 
 
 # The states in which a new connection of the job's validator joins the job in reconnect mode
@@ -66,6 +98,10 @@ class MinerJob:
     listeners: set[ValidatorConnection] = field(default_factory=set, repr=False)
 
     def set_state(self, state: JobState) -> None:
+        """Move the job to `state`; raises `IllegalTransition` (changing nothing) for a move that
+        `JOB_TRANSITIONS` does not list, so a simulator bug surfaces instead of a ghost job."""
+        if state not in JOB_TRANSITIONS[self.state]:
+            raise IllegalTransition(self.job_uuid, self.state, state)
         self.state = state
         self.changed_at = time.monotonic()
         self.notify()

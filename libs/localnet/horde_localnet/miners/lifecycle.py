@@ -89,6 +89,8 @@ class JobLifecycle(JobDelivery):
         if behaviour is not Behaviour.INSTANT and self.config.spin_up_delay > 0:
             await asyncio.sleep(self.config.spin_up_delay)
         if behaviour is Behaviour.EXECUTOR_FAIL:
+            if job.state is not JobState.SPINNING_UP:
+                return  # the reservation watchdog gave it up during the spin-up wait
             self._finish_without_outcome(job, JobState.EXECUTOR_FAILED)
             await self.send_job_message(job, V0ExecutorFailedRequest(job_uuid=job.job_uuid))
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
 from .base_messages import V0MachineSpecsRequest
 from .executor_class import ExecutorClass
@@ -23,15 +22,9 @@ from .miner_messages import (
     V0JobFailedRequest,
     V0JobFinishedRequest,
 )
+from .transitions import JOB_OUTCOME_OF_STATE, JobOutcome, JobState
 
-__all__ = ["JobOutcome", "JobRecord", "JobView"]
-
-
-class JobOutcome(StrEnum):
-    DECLINED = "declined"
-    EXECUTOR_FAILED = "executor_failed"
-    FINISHED = "finished"
-    FAILED = "failed"
+__all__ = ["JobOutcome", "JobRecord", "JobState", "JobView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +44,7 @@ class JobView:
     final_before_job_request: bool = False
     machine_specs: V0MachineSpecsRequest | None = None  # the last one
     outcome: JobOutcome | None = None
+    state: JobState = JobState.REGISTERED  # see `transitions.JOB_TRANSITIONS`
 
     @property
     def is_ready(self) -> bool:
@@ -61,8 +55,8 @@ class JobView:
 class JobRecord:
     """The session's own, mutable state of one job (the fields of `JobView`).
 
-    Only `MinerSession` writes it, and only under its rules (first answer wins, an outcome is
-    final); everyone else gets a `view()`.
+    Only `MinerSession` writes it, and only as `transitions.JOB_TRANSITIONS` allows (first answer
+    wins, an outcome is final); everyone else gets a `view()`. The outcome is the terminal state's.
     """
 
     __slots__ = (
@@ -78,7 +72,7 @@ class JobRecord:
         "job_request_sent_at",
         "job_uuid",
         "machine_specs",
-        "outcome",
+        "state",
     )
 
     def __init__(self, job_uuid: str, executor_class: ExecutorClass | None) -> None:
@@ -94,7 +88,12 @@ class JobRecord:
         self.final_at: datetime | None = None
         self.final_before_job_request = False
         self.machine_specs: V0MachineSpecsRequest | None = None
-        self.outcome: JobOutcome | None = None
+        self.state = JobState.REGISTERED
+
+    @property
+    def outcome(self) -> JobOutcome | None:
+        """The job's outcome: set once a terminal state is reached, None before."""
+        return JOB_OUTCOME_OF_STATE.get(self.state)
 
     def view(self) -> JobView:
         """A frozen snapshot of the record as it is now."""
@@ -112,4 +111,5 @@ class JobRecord:
             final_before_job_request=self.final_before_job_request,
             machine_specs=self.machine_specs,
             outcome=self.outcome,
+            state=self.state,
         )

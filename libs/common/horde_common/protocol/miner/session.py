@@ -9,7 +9,9 @@ and makes the guarantees hold whatever the transport does:
 * a miner only speaks for jobs registered to this session (fixes quirk B.5); other ids are
   ignored as unknown or foreign;
 * the first answer of each kind wins, and once a job has an outcome (declined, executor failed,
-  finished, failed) nothing changes it (§6 #13); "ready" after a decline is ignored (fixes B.4);
+  finished, failed) nothing changes it (§6 #13); "ready" after a decline is ignored (fixes B.4).
+  These rules are the data of `transitions` (§2.6): the session and each job have an explicit
+  state, and an input is taken only where the transition table lists it;
 * `receive` never raises: any frame, however broken, becomes events; malformed frames are answered
   only within a byte budget, and a flood of them closes the connection (`flood`).
 """
@@ -61,6 +63,16 @@ from .miner_messages import (
 )
 from .parsing import ProtocolError, dumps, parse_miner_message
 from .registry import JobRegistry
+from .transitions import (
+    JOB_ANSWER_SLOT,
+    JOB_INPUT_OF_MESSAGE,
+    JOB_TRANSITIONS,
+    SESSION_TRANSITIONS,
+    JobInput,
+    JobState,
+    SessionInput,
+    SessionState,
+)
 from .validator_messages import (
     AuthenticationPayload,
     V0AuthenticateRequest,
@@ -71,6 +83,8 @@ from .validator_messages import (
 
 if TYPE_CHECKING:
     from bittensor_core import Keypair
+
+__all__ = ["JobOutcome", "JobRegistry", "JobView", "MinerSession", "Received", "Signer"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +138,7 @@ class MinerSession:
         self._jobs: dict[str, JobRecord] = {}
         self.connected_now = False
         self.connections = 0
-        self.close_requested = False
+        self.state = SessionState.AWAITING_MANIFEST  # see `transitions.SESSION_TRANSITIONS`
         self.manifest: ExecutorManifest | None = None
         self.manifest_at: datetime | None = None
         self.flood = flood if flood is not None else MalformedFramePolicy()
@@ -150,6 +164,19 @@ class MinerSession:
             miner_port=miner_port,
             registry=registry,
         )
+
+    @property
+    def close_requested(self) -> bool:
+        """The session asked the caller to close the connection (the miner's fault); for good."""
+        return self.state in (SessionState.CLOSING, SessionState.CLOSING_AFTER_MANIFEST)
+
+    def _advance(self, event: SessionInput) -> bool:
+        """Apply a session-level input if the table allows it in the current state."""
+        target = SESSION_TRANSITIONS.get((self.state, event))
+        if target is None:
+            return False
+        self.state = target
+        return True
 
     # ------------------------------------------------------------------------------ connection
 
@@ -211,8 +238,10 @@ class MinerSession:
         """Record a `V0InitialJobRequest` the caller serialised itself (byte for byte `dumps` of
         the message, e.g. with its volume spliced in): what `outgoing` records for one."""
         job = self._registered(job_uuid)
-        if job.initial_sent_at is None:
-            job.initial_sent_at = now
+        # A repeat is never refused; it changes nothing (the table has no row for it).
+        target = JOB_TRANSITIONS.get((job.state, JobInput.INITIAL_REQUEST_SENT))
+        if target is not None:
+            job.state, job.initial_sent_at = target, now
         if job.executor_class is None:
             job.executor_class = executor_class
 
@@ -238,7 +267,7 @@ class MinerSession:
                 message = parse_miner_message(raw)
             except ProtocolError as exc:
                 self._malformed(pending, exc.text, frame_size(raw), now)
-                if exc.message_type == "V0ExecutorManifestRequest" and self.manifest is None:
+                if exc.message_type == "V0ExecutorManifestRequest":
                     self._manifest_rejected(pending, exc.text, now)
             else:
                 self._dispatch(pending, message, now)
@@ -248,9 +277,10 @@ class MinerSession:
         return pending.done()
 
     def _manifest_rejected(self, pending: _Pending, error: str, now: datetime) -> None:
-        """No manifest will come (it is sent once): close now, the miner's fault, not a timeout."""
-        if not pending.close:
-            self.close_requested = pending.close = True
+        """No manifest will come (it is sent once): close now, the miner's fault, not a timeout.
+        Refused once a valid manifest came: the frame was only malformed then."""
+        if self._advance(SessionInput.INVALID_MANIFEST) and not pending.close:
+            pending.close = True  # one close reason per frame: a flood tripped by it comes first
             pending.events.append(ManifestRejected(error=error, at=now))
 
     def _malformed(self, pending: _Pending, error: str, size: int, now: datetime) -> None:
@@ -266,7 +296,8 @@ class MinerSession:
         if reply is not None:
             pending.outgoing.append(reply)
         if tripped:  # the caller closes the connection and records the flood against the miner
-            self.close_requested = pending.close = True
+            self._advance(SessionInput.MALFORMED_FLOOD)
+            pending.close = True
             window_s, got, spent = flood.window.total_seconds(), flood.bytes_received, flood.bytes_replied
             pending.events.append(MalformedFlood(flood.limit, window_s, got, spent, now))
 
@@ -284,7 +315,7 @@ class MinerSession:
             unauthorized = details is not None and details.lower().startswith(_UNAUTHORIZED_PREFIXES)
             logger.warning("%s error: %s", self.name, details)
             if unauthorized:
-                self.close_requested = True
+                self._advance(SessionInput.UNAUTHORIZED_ERROR)
                 pending.close = True
             subtype = MinerErrorSubtype.UNAUTHORIZED if unauthorized else MinerErrorSubtype.GENERIC_ERROR
             pending.events.append(MinerError(subtype, details, unauthorized, now))
@@ -294,7 +325,7 @@ class MinerSession:
             pending.events.append(Unauthorized(message.code, message.details, now))
             return
         if isinstance(message, V0ExecutorManifestRequest):
-            if self.manifest is not None:
+            if not self._advance(SessionInput.MANIFEST):
                 self._ignore(pending, IgnoreReason.DUPLICATE, message, now)
                 return
             self.manifest, self.manifest_at = message.manifest, now
@@ -309,83 +340,48 @@ class MinerSession:
             reason = IgnoreReason.UNKNOWN_JOB if owner is None else IgnoreReason.FOREIGN_JOB
             self._ignore(pending, reason, message, now)
             return
-        if job.initial_sent_at is None:
-            self._ignore(pending, IgnoreReason.UNEXPECTED_IN_STATE, message, now, "initial request not sent")
+        kind = JOB_INPUT_OF_MESSAGE.get(str(getattr(message, "message_type", "")))
+        target = None if kind is None else JOB_TRANSITIONS.get((job.state, kind))
+        if kind is None or target is None:
+            self._refuse(pending, job, kind, message, now)
             return
         if isinstance(message, V0MachineSpecsRequest):
             # Last wins: telemetry only, and the miner controls it anyway.
             job.machine_specs = message
             pending.events.append(MachineSpecsReceived(job.job_uuid, message, now))
-        elif isinstance(message, V0AcceptJobRequest | V0DeclineJobRequest):
-            self._on_accept(pending, job, message, now)
-        elif isinstance(message, V0ExecutorReadyRequest | V0ExecutorFailedRequest):
-            self._on_executor(pending, job, message, now)
-        elif isinstance(message, V0JobFinishedRequest | V0JobFailedRequest):
-            self._on_final(pending, job, message, now)
-
-    def _blocked(
-        self, pending: _Pending, job: JobRecord, already: object, message: JobMessage, now: datetime
-    ) -> bool:
-        """First wins; and nothing after an outcome may record anything."""
-        if already is not None:
-            self._ignore(pending, IgnoreReason.DUPLICATE, message, now)
-            return True
-        if job.outcome is not None:
-            self._ignore(
-                pending, IgnoreReason.UNEXPECTED_IN_STATE, message, now, f"job already {job.outcome}"
-            )
-            return True
-        return False
-
-    def _on_accept(
-        self,
-        pending: _Pending,
-        job: JobRecord,
-        message: V0AcceptJobRequest | V0DeclineJobRequest,
-        now: datetime,
-    ) -> None:
-        if self._blocked(pending, job, job.accept, message, now):
-            return
-        if isinstance(message, V0AcceptJobRequest):
+        elif isinstance(message, V0AcceptJobRequest):
             job.accept, job.accept_at = message, now
             pending.events.append(JobAccepted(job.job_uuid, message, now))
-        else:
-            job.accept, job.accept_at, job.outcome = message, now, JobOutcome.DECLINED
+        elif isinstance(message, V0DeclineJobRequest):
+            job.accept, job.accept_at = message, now
             pending.events.append(JobDeclined(job.job_uuid, message, now))
-
-    def _on_executor(
-        self,
-        pending: _Pending,
-        job: JobRecord,
-        message: V0ExecutorReadyRequest | V0ExecutorFailedRequest,
-        now: datetime,
-    ) -> None:
-        if self._blocked(pending, job, job.executor, message, now):
-            return
-        if isinstance(message, V0ExecutorReadyRequest):
+        elif isinstance(message, V0ExecutorReadyRequest):
             job.executor, job.executor_at = message, now
-            pending.events.append(
-                ExecutorReady(job.job_uuid, message, now, without_accept=job.accept is None)
-            )
-        else:
-            job.executor, job.executor_at, job.outcome = message, now, JobOutcome.EXECUTOR_FAILED
+            event = ExecutorReady(job.job_uuid, message, now, without_accept=job.accept is None)
+            pending.events.append(event)
+        elif isinstance(message, V0ExecutorFailedRequest):
+            job.executor, job.executor_at = message, now
             pending.events.append(ExecutorFailed(job.job_uuid, message, now))
+        elif isinstance(message, V0JobFinishedRequest | V0JobFailedRequest):
+            early = job.job_request_sent_at is None
+            job.final, job.final_at, job.final_before_job_request = message, now, early
+            if isinstance(message, V0JobFinishedRequest):
+                pending.events.append(JobFinished(job.job_uuid, message, now, before_job_request=early))
+            else:
+                pending.events.append(JobFailed(job.job_uuid, message, now, before_job_request=early))
+        job.state = target
 
-    def _on_final(
-        self,
-        pending: _Pending,
-        job: JobRecord,
-        message: V0JobFinishedRequest | V0JobFailedRequest,
-        now: datetime,
+    def _refuse(
+        self, pending: _Pending, job: JobRecord, kind: JobInput | None, message: JobMessage, now: datetime
     ) -> None:
-        if self._blocked(pending, job, job.final, message, now):
-            return
-        early = job.job_request_sent_at is None
-        finished = isinstance(message, V0JobFinishedRequest)
-        outcome = JobOutcome.FINISHED if finished else JobOutcome.FAILED
-        job.final, job.final_at, job.final_before_job_request = message, now, early
-        job.outcome = outcome
-        if isinstance(message, V0JobFinishedRequest):
-            pending.events.append(JobFinished(job.job_uuid, message, now, before_job_request=early))
+        """A job message the table does not allow in the job's state (see `transitions`, §2.7):
+        the first answer of each kind wins, and nothing after an outcome may record anything."""
+        if job.state is JobState.REGISTERED:
+            self._ignore(pending, IgnoreReason.UNEXPECTED_IN_STATE, message, now, "initial request not sent")
+        elif kind is None:
+            return  # a job message kind the session does not handle: nothing to record
+        elif (slot := JOB_ANSWER_SLOT.get(kind)) is not None and getattr(job, slot) is not None:
+            self._ignore(pending, IgnoreReason.DUPLICATE, message, now)
         else:
-            pending.events.append(JobFailed(job.job_uuid, message, now, before_job_request=early))
+            detail = f"job already {job.outcome}"
+            self._ignore(pending, IgnoreReason.UNEXPECTED_IN_STATE, message, now, detail)
