@@ -1,4 +1,4 @@
-"""Where each service listens (docs/ARCHITECTURE.md "Each service over HTTP").
+"""Where each service listens (docs/architecture.md, "Each service over HTTP").
 
 One table so the services, the CLI (`horde status`, `horde localnet up`) and the deploy files agree.
 """

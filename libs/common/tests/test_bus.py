@@ -403,7 +403,7 @@ async def test_handler_success_writes_row_and_publishes(
     router = BusRouter()
     out = BatchCompleted(batch_id=6, cycle_start=0, cycle_stop=1)
 
-    @router.handler("scheduler.batch.shard.completed")
+    @router.handler("scheduler.batch.shard.completed", publishes=(BatchCompleted,))
     async def completes_batch(msg: BatchShardCompleted, ctx: HandlerContext) -> BatchCompleted:
         return out
 
@@ -472,7 +472,7 @@ async def test_trace_context_crosses_the_bus_and_the_outbox(
     seen: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     scheduler, weights = BusRouter(), BusRouter()
 
-    @scheduler.handler("scheduler.batch.shard.completed")
+    @scheduler.handler("scheduler.batch.shard.completed", publishes=(BatchCompleted,))
     async def on_shard(msg: BatchShardCompleted, ctx: HandlerContext) -> BatchCompleted:
         seen.put_nowait(("scheduler", trace.get_current_span().get_span_context().trace_id))
         return BatchCompleted(batch_id=msg.batch_id, cycle_start=0, cycle_stop=1)

@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +19,7 @@ import httpx
 from horde_common.bus.messages import BatchCompleted
 from horde_common.bus.router import BusRouter, HandlerContext
 from horde_common.config import Settings, load_settings
-from horde_common.service import ServiceContext, ServiceRunner, ServiceSpec
+from horde_common.service import Dependency, ServiceContext, ServiceRunner, ServiceSpec
 from horde_common.service.app import bearer_ok
 from horde_common.telemetry import configure_metrics, record_event
 
@@ -172,19 +173,48 @@ async def test_becomes_ready_within_10s_of_the_database_appearing(database_url: 
             await conn.close()
 
 
+@dataclass
+class SeenBatches:
+    """A per-instance object of the test service (a `ServiceSpec` dependency)."""
+
+    queue: asyncio.Queue[BatchCompleted] = field(default_factory=asyncio.Queue)
+
+
 async def test_router_handlers_consume_from_the_bus(database_url: str, amqp_url: str) -> None:
     router = BusRouter()
-    seen: asyncio.Queue[BatchCompleted] = asyncio.Queue()
+    lifecycle: list[str] = []
 
-    @router.handler("weights.batch.completed")
+    @asynccontextmanager
+    async def open_seen(ctx: ServiceContext) -> AsyncIterator[SeenBatches]:
+        assert ctx.broker is not None and ctx.session_factory is not None  # opened once connected
+        lifecycle.append("open")
+        yield SeenBatches()
+        lifecycle.append("close")
+
+    async def on_start(ctx: ServiceContext) -> None:
+        assert isinstance(ctx.dependency(SeenBatches), SeenBatches)
+        lifecycle.append("on_start")
+
+    async def on_stop(ctx: ServiceContext) -> None:
+        lifecycle.append("on_stop")
+
+    @router.handler("weights.batch.completed", publishes=())
     async def on_batch_completed(msg: BatchCompleted, ctx: HandlerContext) -> None:
         assert ctx.session is not None  # runs inside the handler's DB transaction
-        await seen.put(msg)
+        await ctx.dependency(SeenBatches).queue.put(msg)
 
-    spec = ServiceSpec(name="weights", port=0, router=router)
+    spec = ServiceSpec(
+        name="weights",
+        port=0,
+        router=router,
+        dependencies=[Dependency(SeenBatches, open_seen)],
+        on_start=on_start,
+        on_stop=on_stop,
+    )
     async with running(spec, _settings(database_url, amqp_url)) as runner:
         await asyncio.wait_for(runner.ready.wait(), START_TIMEOUT_S)
         assert runner.ctx.broker is not None
+        seen = runner.ctx.dependency(SeenBatches).queue
         sent = BatchCompleted(batch_id=42, cycle_start=0, cycle_stop=722)
         await runner.ctx.broker.publish(sent)
         while True:  # the queue may still hold messages of other tests of this session
@@ -192,6 +222,8 @@ async def test_router_handlers_consume_from_the_bus(database_url: str, amqp_url:
             if got.message_id == sent.message_id:
                 break
         assert got.batch_id == 42
+    assert lifecycle == ["open", "on_start", "on_stop", "close"]
+    assert len(runner.ctx.dependencies) == 0
 
 
 async def test_a_crashing_loop_is_restarted(database_url: str, amqp_url: str) -> None:

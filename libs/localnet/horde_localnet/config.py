@@ -34,7 +34,7 @@ class Topology:
     validator_index: int = 0
     validator_count: int = 2
 
-    # validator services (same as docs/ARCHITECTURE.md)
+    # validator services (same as docs/architecture.md)
     service_ports: dict[str, int] = field(
         default_factory=lambda: {
             "scheduler": 8001,

@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
-@router.handler("cross-validator.trusted.job.completed")
+@router.handler("cross-validator.trusted.job.completed", publishes=())
 async def on_trusted_job_completed(msg: TrustedJobCompleted, ctx: HandlerContext) -> None:
     """A trusted-miner job ended; storing its answers lands with the cross-validation issue."""
     log.info("trusted.job.completed", job_uuid=str(msg.job_uuid), success=msg.success)

@@ -16,7 +16,7 @@ log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
-@router.handler("facilitator-gateway.organic.job.status")
+@router.handler("facilitator-gateway.organic.job.status", publishes=())
 async def on_organic_job_status(msg: OrganicJobStatus, ctx: HandlerContext) -> None:
     """An organic job changed state; forwarding to the facilitator lands with the organic issue."""
     log.info("organic.job.status", job_uuid=str(msg.job_uuid), status=msg.status)

@@ -23,7 +23,7 @@ from horde_common.bus.messages import (
     MinerEndpoint,
     ShardDeadlines,
 )
-from horde_common.bus.router import HandlerContext
+from horde_common.bus.router import Dependencies, HandlerContext
 from horde_common.config import load_settings
 from horde_common.db import create_engine, session_factory
 from horde_common.db.models import SyntheticJob, SystemEvent
@@ -34,7 +34,6 @@ from horde_job_runner.synthetic.handler import (
     ReleaseRegistry,
     handle_batch_released,
     handle_batch_shard_requested,
-    install_runtime,
 )
 from horde_job_runner.synthetic.model import BatchTimeouts
 from horde_job_runner.synthetic.persistence import BatchStore
@@ -62,27 +61,33 @@ class FakeScheduler:
     def __init__(self, release: bool = True) -> None:
         self.published: list[BusMessage] = []
         self.release = release
+        self.runtime: JobRunnerRuntime | None = None  # the job-runner it answers (set by `_runtime`)
 
     async def publish(self, msg: BusMessage) -> None:
         self.published.append(msg)
         if self.release and isinstance(msg, BatchShardReady):
             released = BatchReleased(batch_id=msg.batch_id, released_at=datetime.now(UTC))
             asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(handle_batch_released(released, _ctx(released)))
+                lambda: asyncio.ensure_future(
+                    handle_batch_released(released, _ctx(released, runtime=self.runtime))
+                )
             )
 
 
-def _ctx(msg: BusMessage, session: Any = None, delivery_count: int = 1) -> HandlerContext:
+def _ctx(
+    msg: BusMessage, session: Any = None, delivery_count: int = 1, runtime: JobRunnerRuntime | None = None
+) -> HandlerContext:
     return HandlerContext(
         queue=f"job-runner.{msg.ROUTING_KEY}",
         message_id=msg.message_id,
         redelivered=delivery_count > 1,
         delivery_count=delivery_count,
         db_session=session,
+        dependencies=Dependencies(runtime) if runtime is not None else Dependencies(),
     )
 
 
-def _install(sessions: Any, scheduler: FakeScheduler | None) -> JobRunnerRuntime:
+def _runtime(sessions: Any, scheduler: FakeScheduler | None) -> JobRunnerRuntime:
     runtime = JobRunnerRuntime(
         sessions=sessions,
         keypair=keys.validator_keypair(0),
@@ -92,7 +97,8 @@ def _install(sessions: Any, scheduler: FakeScheduler | None) -> JobRunnerRuntime
         job_factory=InlineJobFactory(),
         timeouts=FAST,
     )
-    install_runtime(runtime)
+    if scheduler is not None:
+        scheduler.runtime = runtime
     return runtime
 
 
@@ -116,9 +122,11 @@ def _request(batch_id: int, fleet: MinerFleet, *, accept_in: float, release_in: 
     )
 
 
-async def _handle(sessions: Any, msg: BatchShardRequested, delivery_count: int = 1) -> list[BusMessage]:
-    async with sessions() as session, session.begin():
-        return await handle_batch_shard_requested(msg, _ctx(msg, session, delivery_count))
+async def _handle(
+    runtime: JobRunnerRuntime, msg: BatchShardRequested, delivery_count: int = 1
+) -> list[BatchShardCompleted]:
+    async with runtime.sessions() as session, session.begin():
+        return await handle_batch_shard_requested(msg, _ctx(msg, session, delivery_count, runtime))
 
 
 async def _batch_event(sessions: Any, batch_id: int, subtype: str) -> list[SystemEvent]:
@@ -140,12 +148,12 @@ async def _jobs(sessions: Any, batch_id: int) -> list[SyntheticJob]:
 
 async def test_shard_reports_ready_waits_for_release_and_completes(sessions: Any) -> None:
     scheduler = FakeScheduler()
-    _install(sessions, scheduler)
+    runtime = _runtime(sessions, scheduler)
     batch_id, _ = await BatchStore(sessions).create_batch()
     async with MinerFleet(2, executors={AO: 1}, first_index=400) as fleet:
         msg = _request(batch_id, fleet, accept_in=1.5, release_in=30)
         started = asyncio.get_running_loop().time()
-        out = await _handle(sessions, msg)
+        out = await _handle(runtime, msg)
         elapsed = asyncio.get_running_loop().time() - started
         receipts = [r for m in fleet.miners for r in m.receipts_of_type("JobStartedReceipt")]
     assert out == [
@@ -173,17 +181,17 @@ async def test_shard_reports_ready_waits_for_release_and_completes(sessions: Any
 
     # The same message again (the handler's commit was lost): not re-run, completion re-reported.
     connections = [m.connection_count for m in fleet.miners]
-    again = await _handle(sessions, msg)
+    again = await _handle(runtime, msg)
     assert [m.connection_count for m in fleet.miners] == connections
     assert again[0].message_id == out[0].message_id
     assert isinstance(again[0], BatchShardCompleted) and again[0].ok and again[0].job_count == 2
 
 
 async def test_shard_releases_itself_at_the_deadline_without_a_scheduler(sessions: Any) -> None:
-    _install(sessions, FakeScheduler(release=False))
+    runtime = _runtime(sessions, FakeScheduler(release=False))
     batch_id, _ = await BatchStore(sessions).create_batch()
     async with MinerFleet(1, executors={AO: 1}, first_index=410) as fleet:
-        out = await _handle(sessions, _request(batch_id, fleet, accept_in=1.0, release_in=1.5))
+        out = await _handle(runtime, _request(batch_id, fleet, accept_in=1.0, release_in=1.5))
     assert isinstance(out[0], BatchShardCompleted) and out[0].ok
     (batch_event,) = await _batch_event(sessions, batch_id, "SYNTHETIC_BATCH")
     assert batch_event.data["release"] == "deadline"
@@ -197,11 +205,11 @@ async def test_shard_releases_itself_at_the_deadline_without_a_scheduler(session
 async def test_redelivered_or_late_shard_is_not_run(
     sessions: Any, delivery_count: int, release_in: float, reason: str
 ) -> None:
-    _install(sessions, FakeScheduler())
+    runtime = _runtime(sessions, FakeScheduler())
     batch_id, _ = await BatchStore(sessions).create_batch()
     async with MinerFleet(1, executors={AO: 1}, first_index=420) as fleet:
         msg = _request(batch_id, fleet, accept_in=1.0, release_in=release_in)
-        out = await _handle(sessions, msg, delivery_count=delivery_count)
+        out = await _handle(runtime, msg, delivery_count=delivery_count)
         assert fleet.miners[0].connection_count == 0  # the miners were never contacted
     (completed,) = out
     assert isinstance(completed, BatchShardCompleted)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from horde_common.bus import BusMessage, BusRouter, HandlerContext
+from horde_common.bus import BusMessage, BusRouter, Dependencies, HandlerContext
 from horde_common.bus.broker import Broker, Outcome
 from horde_common.bus.messages import (
     BatchReleased,
@@ -36,7 +36,7 @@ from horde_common.db import create_engine, session_factory
 from horde_common.db.models import SyntheticJob, SystemEvent
 from horde_job_runner.app import router as job_runner_router
 from horde_job_runner.synthetic.generation import InlineJobFactory
-from horde_job_runner.synthetic.handler import JobRunnerRuntime, ReleaseRegistry, install_runtime
+from horde_job_runner.synthetic.handler import JobRunnerRuntime, ReleaseRegistry
 from horde_job_runner.synthetic.model import BatchTimeouts
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_localnet import keys
@@ -87,7 +87,7 @@ class Scheduler:
         self.completed: asyncio.Queue[BatchShardCompleted] = asyncio.Queue()
         router = BusRouter()
 
-        @router.handler("scheduler.batch.shard.ready")
+        @router.handler("scheduler.batch.shard.ready", publishes=(BatchReleased,))
         async def on_ready(msg: BatchShardReady, ctx: HandlerContext) -> list[BusMessage]:
             self.ready.append(msg)
             return [BatchReleased(batch_id=msg.batch_id, released_at=datetime.now(UTC))]
@@ -104,23 +104,23 @@ class Scheduler:
 
 
 class JobRunner:
-    """The job-runner's broker with the service's own router, and its settled deliveries."""
+    """The job-runner's broker with the service's own router (bound to its runtime), and its settled
+    deliveries."""
 
     def __init__(self, amqp_url: str, sessions: Any) -> None:
         self.broker = Broker(amqp_url, service="job-runner", session_factory=sessions)
         self.settled: asyncio.Queue[Outcome] = asyncio.Queue()
         self.broker.settle_listeners.append(self._on_settled)
-        install_runtime(
-            JobRunnerRuntime(
-                sessions=sessions,
-                keypair=keys.validator_keypair(0),
-                settings=load_settings(SYNTHETIC_HASHCAT_DIFFICULTY="localnet"),
-                publish=self.broker.publish,
-                releases=ReleaseRegistry(),
-                job_factory=InlineJobFactory(),
-                timeouts=FAST,
-            )
+        runtime = JobRunnerRuntime(
+            sessions=sessions,
+            keypair=keys.validator_keypair(0),
+            settings=load_settings(SYNTHETIC_HASHCAT_DIFFICULTY="localnet"),
+            publish=self.broker.publish,
+            releases=ReleaseRegistry(),
+            job_factory=InlineJobFactory(),
+            timeouts=FAST,
         )
+        self.router = job_runner_router.bind(Dependencies(runtime))
 
     def _on_settled(self, queue: str, message_id: str | None, outcome: Outcome) -> None:
         if queue == SHARD_QUEUE:
@@ -182,7 +182,7 @@ async def test_shard_runs_through_the_broker_and_a_republished_request_is_droppe
     batch_id, _ = await BatchStore(sessions).create_batch()
     try:
         await scheduler.broker.start(scheduler.router)
-        await runner.broker.start(job_runner_router)
+        await runner.broker.start(runner.router)
         async with MinerFleet(MINERS, executors={AO: 1}, first_index=440) as fleet:
             msg = _request(batch_id, fleet)
             await scheduler.broker.publish(msg)
@@ -212,7 +212,6 @@ async def test_shard_runs_through_the_broker_and_a_republished_request_is_droppe
             assert await _count_events(sessions) == events
             assert scheduler.completed.empty()
     finally:
-        install_runtime(None)
         await runner.broker.stop(grace_s=0)
         await scheduler.broker.stop(grace_s=0)
 
@@ -223,7 +222,7 @@ async def test_shard_requeued_after_the_consumer_died_is_not_run_again(sessions:
     second: JobRunner | None = None
     try:
         await scheduler.broker.start(scheduler.router)
-        await first.broker.start(job_runner_router)
+        await first.broker.start(first.router)
         async with MinerFleet(MINERS, executors={AO: 1}, first_index=450) as fleet:
             msg = _request(batch_id, fleet)
             await scheduler.broker.publish(msg)
@@ -236,7 +235,7 @@ async def test_shard_requeued_after_the_consumer_died_is_not_run_again(sessions:
             assert _job_requests(fleet) == [1] * MINERS
 
             second = JobRunner(vhost_url, sessions)  # the restarted process
-            await second.broker.start(job_runner_router)
+            await second.broker.start(second.router)
             done = await scheduler.next_completed()
             assert await second.next_settled() == "staged"
             assert (done.batch_id, done.ok, done.job_count) == (batch_id, False, 0)
@@ -247,7 +246,6 @@ async def test_shard_requeued_after_the_consumer_died_is_not_run_again(sessions:
             assert failure.data["shard_message_id"] == str(msg.message_id)
             assert await _jobs(sessions, batch_id) == []  # nothing stored against the miners
     finally:
-        install_runtime(None)
         if second is not None:
             await second.broker.stop(grace_s=0)
         await first.broker.stop(grace_s=0)

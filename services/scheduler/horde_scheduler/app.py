@@ -9,7 +9,7 @@ from __future__ import annotations
 import structlog
 
 from horde_common.bus import BusRouter, HandlerContext
-from horde_common.bus.messages import BatchShardCompleted, BatchShardReady
+from horde_common.bus.messages import BatchShardCompleted, BatchShardReady, ChainMetagraphSynced
 from horde_common.db.retention import prune_bus_tables
 from horde_common.service import ServiceSpec
 from horde_common.service.housekeeping import housekeeping_loop
@@ -20,13 +20,13 @@ log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
-@router.handler("scheduler.batch.shard.ready")
+@router.handler("scheduler.batch.shard.ready", publishes=())
 async def on_shard_ready(msg: BatchShardReady, ctx: HandlerContext) -> None:
     """A shard has its executors ready; the release barrier lands with the scheduler issue."""
     log.info("batch.shard.ready", batch_id=msg.batch_id, shard=msg.shard_index)
 
 
-@router.handler("scheduler.batch.shard.completed")
+@router.handler("scheduler.batch.shard.completed", publishes=())
 async def on_shard_completed(msg: BatchShardCompleted, ctx: HandlerContext) -> None:
     """A shard's rows are persisted; batch completion lands with the scheduler issue."""
     log.info("batch.shard.completed", batch_id=msg.batch_id, shard=msg.shard_index)
@@ -38,4 +38,9 @@ SPEC = ServiceSpec(
     router=router,
     loops=[refresh_loop, housekeeping_loop(prune_bus_tables)],
     debug_views={"dynamic-config": dynamic_config_view},
+    publishes_outside_handlers={
+        # `metagraph_sync_loop` (docs/scheduling.md §6): the message is an outbox row committed with
+        # each stored snapshot.
+        ChainMetagraphSynced: "`metagraph_sync_loop` (outbox row with each stored snapshot)",
+    },
 )

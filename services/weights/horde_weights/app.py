@@ -16,13 +16,13 @@ log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
-@router.handler("weights.batch.completed")
+@router.handler("weights.batch.completed", publishes=())
 async def on_batch_completed(msg: BatchCompleted, ctx: HandlerContext) -> None:
     """A batch is complete; it is scored once its cycle ends (weights issue)."""
     log.info("batch.completed", batch_id=msg.batch_id)
 
 
-@router.handler("weights.chain.metagraph.synced")
+@router.handler("weights.chain.metagraph.synced", publishes=())
 async def on_metagraph_synced(msg: ChainMetagraphSynced, ctx: HandlerContext) -> None:
     """A new metagraph snapshot is stored; the weights issue maps hotkeys to uids with it."""
     log.info("chain.metagraph.synced", block=msg.block)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from horde_common.bus.broker import Broker
     from horde_common.bus.messages import BusMessage, parse_message
     from horde_common.bus.outbox import OutboxRelay, add_to_outbox
-    from horde_common.bus.router import BusRouter, HandlerContext
+    from horde_common.bus.router import BusRouter, Dependencies, HandlerContext, UndeclaredMessageError
     from horde_common.bus.topology import (
         DEAD_LETTER_QUEUE,
         EXCHANGE,
@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "add_to_outbox": "outbox",
     "BusRouter": "router",
     "HandlerContext": "router",
+    "Dependencies": "router",
+    "UndeclaredMessageError": "router",
     "DEAD_LETTER_QUEUE": "topology",
     "EXCHANGE": "topology",
     "MAX_DELIVERIES": "topology",
@@ -53,8 +55,10 @@ __all__ = [
     "Broker",
     "BusMessage",
     "BusRouter",
+    "Dependencies",
     "HandlerContext",
     "OutboxRelay",
+    "UndeclaredMessageError",
     "add_to_outbox",
     "declare_topology",
     "parse_message",

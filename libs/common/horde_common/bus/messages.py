@@ -1,4 +1,4 @@
-"""The messages on the bus: one pydantic model per routing key (see docs/ARCHITECTURE.md, "Messages on the
+"""The messages on the bus: one pydantic model per routing key (see docs/architecture.md, "Messages on the
 bus").
 
 Every model shares the `BusMessage` envelope (`type`, `version`, `message_id`, `sent_at`) so that

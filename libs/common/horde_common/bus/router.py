@@ -1,28 +1,94 @@
-"""Declarative message handlers: `@router.handler("<service>.<routing key>")` on a typed coroutine.
+"""Declarative message handlers: `@router.handler("<service>.<routing key>", publishes=...)`.
 
 Why not FastStream: its RabbitBroker acks around the handler call and owns the DB-less retry policy,
 while we need "idempotency row + handler writes + outbox rows in ONE database transaction, commit,
 then ack" and quorum-queue delivery limits declared by us. That is ~200 lines on plain aio-pika
-(`Broker`), so we keep FastStream's ergonomics (typed handlers, routers) without its runtime.
+(`Broker`), so we keep FastStream's ergonomics (typed handlers, routers, typed dependencies) without
+its runtime.
+
+A handler declares what it may return (`publishes=`): checked against its return annotation when it
+is registered and against what it returns at run time, so the bus table in `docs/architecture.md`
+(generated from these declarations) cannot drift from the code. Its per-service-instance objects
+(`Dependencies`) reach it through `HandlerContext.dependency(T)`, bound by `BusRouter.bind`: a router
+is module-level and shared by every instance in a process, the objects are not.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import functools
 import inspect
+import types
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from horde_common.bus.messages import BusMessage
 from horde_common.bus.topology import QUEUES
 
-HandlerResult: TypeAlias = BusMessage | list[BusMessage] | None
+HandlerResult: TypeAlias = BusMessage | Sequence[BusMessage] | None
 Handler = Callable[[Any, "HandlerContext"], Awaitable[HandlerResult]]
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
+
+# Return annotations whose arguments are the messages a handler returns (`list[X]`, `X | None`, ...).
+_CONTAINERS: tuple[Any, ...] = (
+    list,
+    tuple,
+    collections.abc.Sequence,
+    collections.abc.Iterable,
+    typing.Union,
+    types.UnionType,
+)
+
+
+class UndeclaredMessageError(TypeError):
+    """A handler returned a message type it does not declare in `publishes=`."""
+
+
+class Dependencies:
+    """The per-service-instance objects, one per type: what `Depends` gives a FastStream handler.
+
+    Built by the service runner from `ServiceSpec.dependencies` at start and emptied at stop; two
+    instances of a service in one process have two of these, so they share no state.
+    """
+
+    def __init__(self, *values: object) -> None:
+        self._by_type: dict[type, object] = {}
+        for value in values:
+            self.add(type(value), value)
+
+    def add(self, kind: type[T], value: T) -> None:
+        if kind in self._by_type:
+            raise ValueError(f"a {kind.__name__} is already registered")
+        if not isinstance(value, kind):
+            raise TypeError(f"{value!r} is not a {kind.__name__}")
+        self._by_type[kind] = value
+
+    def get(self, kind: type[T]) -> T:
+        """The instance of `kind`; `LookupError` (naming what is there) when the service has none."""
+        value = self._by_type.get(kind)
+        if value is None:
+            have = ", ".join(sorted(t.__name__ for t in self._by_type)) or "none"
+            raise LookupError(f"no {kind.__name__} among this service's dependencies (has: {have})")
+        return cast(T, value)
+
+    def find(self, kind: type[T]) -> T | None:
+        """The instance of `kind`, or None (a debug view of a service still starting)."""
+        return cast(T | None, self._by_type.get(kind))
+
+    def clear(self) -> None:
+        self._by_type.clear()
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._by_type
+
+    def __len__(self) -> int:
+        return len(self._by_type)
 
 
 @dataclass
@@ -35,6 +101,8 @@ class HandlerContext:
     delivery_count: int  # 1 on the first delivery; RabbitMQ dead-letters after MAX_DELIVERIES
     headers: Mapping[str, Any] = field(default_factory=dict)
     db_session: AsyncSession | None = None
+    # The service instance's objects (set by a router bound with `BusRouter.bind`).
+    dependencies: Dependencies = field(default_factory=Dependencies)
 
     @property
     def session(self) -> AsyncSession:
@@ -43,12 +111,25 @@ class HandlerContext:
             raise RuntimeError("this broker has no session_factory; the handler has no database session")
         return self.db_session
 
+    def dependency(self, kind: type[T]) -> T:
+        """The service instance's `kind` object (e.g. `ctx.dependency(JobRunnerRuntime)`)."""
+        return self.dependencies.get(kind)
+
 
 @dataclass(frozen=True)
 class Route:
     queue: str
     model: type[BusMessage]
     fn: Handler
+    # The message types the handler may return (checked on every call by `fn`).
+    publishes: tuple[type[BusMessage], ...] = ()
+    # The handler as written (for names in logs and the bus table).
+    handler: Callable[..., Any] | None = None
+
+    @property
+    def handler_name(self) -> str:
+        fn = self.handler if self.handler is not None else self.fn
+        return getattr(fn, "__qualname__", repr(fn))
 
 
 class BusRouter:
@@ -57,18 +138,27 @@ class BusRouter:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
 
-    def handler(self, queue: str) -> Callable[[H], H]:
+    def handler(self, queue: str, *, publishes: Iterable[type[BusMessage]] = ()) -> Callable[[H], H]:
+        """Register the decorated `async def (msg: Model, ctx) -> ...` for `queue`.
+
+        `publishes`: every message type the handler may return. It must agree with the return
+        annotation (`-> None` declares nothing; `-> X`, `-> list[X]`, `-> X | None` declare X or
+        subclasses of X); a returned message of another type fails the delivery with
+        `UndeclaredMessageError`.
+        """
         spec = QUEUES.get(queue)
         if spec is None:
             raise ValueError(f"unknown queue {queue!r}; queues are declared in horde_common.bus.topology")
+        declared = tuple(dict.fromkeys(publishes))
 
         def register(fn: H) -> H:
             model = _message_model(fn)
             if model.ROUTING_KEY not in spec.routing_keys:
                 raise TypeError(f"{fn.__qualname__}: {model.__name__} is not routed to {queue!r}")
+            check_publishes(fn, declared)
             if queue in self.routes:
                 raise ValueError(f"queue {queue!r} already has a handler")
-            self.routes[queue] = Route(queue, model, fn)
+            self.routes[queue] = Route(queue, model, _checked(fn, queue, declared), declared, fn)
             return fn
 
         return register
@@ -78,6 +168,93 @@ class BusRouter:
             if queue in self.routes:
                 raise ValueError(f"queue {queue!r} already has a handler")
             self.routes[queue] = route
+
+    def bind(self, dependencies: Dependencies) -> BusRouter:
+        """A copy of this router whose handlers get `dependencies` on their `HandlerContext`.
+
+        The runner binds the service's router to each instance's objects before consuming, so the
+        module-level router never holds an instance's state.
+        """
+        bound = BusRouter()
+        for queue, route in self.routes.items():
+            bound.routes[queue] = replace(route, fn=_with_dependencies(route.fn, dependencies))
+        return bound
+
+
+def _with_dependencies(fn: Handler, dependencies: Dependencies) -> Handler:
+    async def with_dependencies(msg: Any, ctx: HandlerContext) -> HandlerResult:
+        ctx.dependencies = dependencies
+        return await fn(msg, ctx)
+
+    return with_dependencies
+
+
+def _checked(fn: Handler, queue: str, declared: tuple[type[BusMessage], ...]) -> Handler:
+    """`fn`, refusing at run time a returned message that it does not declare."""
+
+    @functools.wraps(fn)
+    async def checked(msg: Any, ctx: HandlerContext) -> HandlerResult:
+        result = await fn(msg, ctx)
+        for out in as_messages(result):
+            if type(out) not in declared:
+                names = ", ".join(d.__name__ for d in declared) or "nothing"
+                raise UndeclaredMessageError(
+                    f"{fn.__qualname__} (queue {queue!r}) returned {type(out).__name__} "
+                    f"({out.ROUTING_KEY!r}) but declares publishes=({names}); add it to the declaration"
+                )
+        return result
+
+    return checked
+
+
+def check_publishes(fn: Callable[..., Any], declared: Sequence[type[BusMessage]]) -> None:
+    """Raise `TypeError` unless `declared` agrees with `fn`'s return annotation.
+
+    Returns None only -> declares nothing; returns messages -> declares at least one; each declared
+    type is a message with a routing key that the annotation admits; each concrete message type in
+    the annotation is declared (a `BusMessage` annotation admits any declared message).
+    """
+    name = getattr(fn, "__qualname__", repr(fn))
+    for kind in declared:
+        if not (isinstance(kind, type) and issubclass(kind, BusMessage) and kind.ROUTING_KEY):
+            raise TypeError(f"{name}: publishes={kind!r} is not a BusMessage type with a ROUTING_KEY")
+    hints = typing.get_type_hints(fn)
+    if "return" not in hints:
+        raise TypeError(f"{name}: annotate the return type (None, or the messages the handler returns)")
+    annotated = _annotated_messages(hints["return"], name)
+    if not annotated and declared:
+        raise TypeError(f"{name}: annotated to return no message but declares publishes={_names(declared)}")
+    if annotated and not declared:
+        raise TypeError(
+            f"{name}: returns {_names(annotated)}; declare them with @router.handler(..., publishes=(...))"
+        )
+    for kind in declared:
+        if not any(issubclass(kind, allowed) for allowed in annotated):
+            raise TypeError(
+                f"{name}: declares {kind.__name__} but its return annotation admits {_names(annotated)}"
+            )
+    for allowed in annotated:
+        if allowed is not BusMessage and not any(issubclass(kind, allowed) for kind in declared):
+            raise TypeError(f"{name}: may return {allowed.__name__} (annotation) but does not declare it")
+
+
+def _annotated_messages(hint: Any, name: str) -> tuple[type[BusMessage], ...]:
+    """The message types a return annotation admits (empty for `None`)."""
+    if hint is None or hint is type(None):
+        return ()
+    if isinstance(hint, type) and issubclass(hint, BusMessage):
+        return (hint,)
+    if typing.get_origin(hint) in _CONTAINERS:
+        found: dict[type[BusMessage], None] = {}
+        for arg in typing.get_args(hint):
+            if arg is not Ellipsis:
+                found.update(dict.fromkeys(_annotated_messages(arg, name)))
+        return tuple(found)
+    raise TypeError(f"{name}: return annotation {hint!r} is neither None nor bus messages")
+
+
+def _names(kinds: Iterable[type]) -> str:
+    return "(" + ", ".join(k.__name__ for k in kinds) + ")"
 
 
 def _message_model(fn: Callable[..., Any]) -> type[BusMessage]:

@@ -3,16 +3,18 @@
 Order matters and is the same for every service:
 check  — settings and keys (`startup.preflight`) before any I/O: a bad one is one line and exit 2.
 start  — HTTP first (liveness answers while dependencies are still coming up), then the database
-         and the broker with capped backoff (one line per attempt), then `on_start`, consumers +
-         outbox relay, loops: ready.
+         and the broker with capped backoff (one line per attempt), then the spec's `dependencies`
+         (per-instance objects), `on_start`, consumers + outbox relay, loops: ready.
 stop   — readiness false, stop consuming and let in-flight handlers finish (unfinished ones are
-         cancelled and their unacked messages requeued), stop loops, `on_stop`, close the broker and
-         the database, and the HTTP server last so probes keep answering during the drain.
+         cancelled and their unacked messages requeued), stop loops, `on_stop`, close the
+         `dependencies`, the broker and the database, and the HTTP server last so probes keep
+         answering during the drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -31,7 +33,13 @@ from horde_common.bus.broker import Broker
 from horde_common.config import ConfigError, Settings, load_settings
 from horde_common.db import create_engine, session_factory
 from horde_common.service.app import build_app
-from horde_common.service.context import LoopFn, LoopState, ServiceContext, ServiceSpec
+from horde_common.service.context import (
+    LoopFn,
+    LoopState,
+    ServiceContext,
+    ServiceSpec,
+    open_dependencies,
+)
 from horde_common.service.startup import (
     Backoff,
     describe_error,
@@ -112,6 +120,8 @@ class ServiceRunner:
         self._server: _Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self._signals = 0
+        # Holds the opened `spec.dependencies` from start to stop.
+        self._dependencies = contextlib.AsyncExitStack()
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -182,10 +192,13 @@ class ServiceRunner:
                 return broker
 
             ctx.broker = await self._retry("broker", self.settings.amqp_url, connect)
+        await self._dependencies.enter_async_context(open_dependencies(ctx))
         if spec.on_start is not None:
             await spec.on_start(ctx)
         if ctx.broker is not None:
-            await ctx.broker.start(spec.router)  # consumers + outbox relay
+            # Consumers + outbox relay; the handlers see this instance's dependencies.
+            router = spec.router.bind(ctx.dependencies) if spec.router is not None else None
+            await ctx.broker.start(router)
         self._start_loops()
 
     async def _retry(self, what: str, target: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -273,6 +286,10 @@ class ServiceRunner:
                 await asyncio.wait_for(self.spec.on_stop(ctx), grace)
             except Exception:
                 log.exception("on_stop hook failed")
+        try:
+            await asyncio.wait_for(self._dependencies.aclose(), grace)
+        except Exception:
+            log.exception("closing the service dependencies failed")
         if ctx.engine is not None:
             await ctx.engine.dispose()
         await self._stop_http()

@@ -1,14 +1,13 @@
 """Bus side of synthetic batches: `batch.shard.requested` runs a shard, `batch.released` wakes it.
 
-Wiring (in `app.py`):
+Wiring (in `app.py`): the handlers' state is a `JobRunnerRuntime` per service instance, a typed
+dependency of the spec (never a module global: two instances in one process share nothing):
 
-    from horde_job_runner.synthetic.handler import (
-        handle_batch_released, handle_batch_shard_requested, install_runtime_from_service,
-    )
-    router.handler("job-runner.batch.shard.requested")(handle_batch_shard_requested)
-    router.handler("job-runner.batch.released")(handle_batch_released)
-    SPEC = ServiceSpec(..., on_start=install_runtime_from_service, on_stop=uninstall_runtime_from_service,
+    SPEC = ServiceSpec(..., dependencies=[Dependency(JobRunnerRuntime, job_runner_runtime)],
+                       on_start=start_generation, on_stop=stop_generation,
                        debug_views={"synthetic": active_shards_view})
+
+and the handlers read it as `ctx.dependency(JobRunnerRuntime)`.
 
 Transactions. The bus handler's own transaction (`ctx.session`) holds only the idempotency row and
 the returned `batch.shard.completed`; the shard's rows are written by `run_shard` through its own
@@ -27,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,26 +42,28 @@ from horde_common.bus.messages import (
     BusMessage,
 )
 from horde_common.bus.router import HandlerContext
-from horde_common.config import HashcatDifficulty, Settings, get_settings
+from horde_common.config import HashcatDifficulty, Settings
 from horde_common.telemetry import SystemEventSubtype, SystemEventType, record_event
 from horde_job_runner.synthetic.batch import completed_message_id, run_shard
 from horde_job_runner.synthetic.generation import JobFactory, default_job_factory
 from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, ShardRequest
 from horde_job_runner.synthetic.persistence import BatchStore, shard_marker_exists
 
-Keypair = Any  # a bittensor sr25519 keypair (`horde_common.crypto.load_hotkey`)
+if TYPE_CHECKING:
+    from horde_common.service.context import ServiceContext
+
+Keypair = Any  # a bittensor sr25519 keypair (`horde_common.wallet.load_hotkey`)
 
 __all__ = [
     "JobRunnerRuntime",
     "ReleaseRegistry",
     "ShardNotPersisted",
     "active_shards_view",
-    "get_runtime",
     "handle_batch_released",
     "handle_batch_shard_requested",
-    "install_runtime",
-    "install_runtime_from_service",
-    "uninstall_runtime_from_service",
+    "job_runner_runtime",
+    "start_generation",
+    "stop_generation",
 ]
 
 log = structlog.get_logger(__name__)
@@ -110,7 +111,7 @@ class ReleaseRegistry:
 
 @dataclass
 class JobRunnerRuntime:
-    """Process-wide dependencies of the synthetic handlers."""
+    """The synthetic handlers' dependencies and state, one per service instance (`job_runner_runtime`)."""
 
     sessions: async_sessionmaker[AsyncSession]
     keypair: Keypair
@@ -139,60 +140,51 @@ class JobRunnerRuntime:
         )
 
 
-_runtime: JobRunnerRuntime | None = None
+@contextlib.asynccontextmanager
+async def job_runner_runtime(ctx: ServiceContext) -> AsyncIterator[JobRunnerRuntime]:
+    """The `ServiceSpec` dependency: this instance's runtime, from its sessions, broker and key."""
+    if ctx.hotkey is not None:
+        keypair = ctx.hotkey  # preflight loaded it (the spec needs a hotkey)
+    else:
+        from horde_common.wallet import load_hotkey
+
+        keypair = load_hotkey(ctx.settings)
+    broker = ctx.broker
+    yield JobRunnerRuntime(
+        sessions=ctx.sessions,
+        keypair=keypair,
+        settings=ctx.settings,
+        publish=broker.publish if broker is not None else None,
+    )
 
 
-def install_runtime(runtime: JobRunnerRuntime | None) -> None:
-    global _runtime
-    _runtime = runtime
-
-
-def get_runtime() -> JobRunnerRuntime:
-    if _runtime is None:
-        raise RuntimeError(
-            "the job-runner synthetic runtime is not installed (install_runtime / install_runtime_from_service)"
-        )
-    return _runtime
-
-
-async def install_runtime_from_service(ctx: Any) -> None:
-    """`ServiceSpec.on_start` hook: build the runtime from a `ServiceContext` (sessions, broker, key)."""
-    from horde_common.crypto import load_hotkey
+async def start_generation(ctx: ServiceContext) -> None:
+    """`ServiceSpec.on_start`: start the job generation workers (process-wide, shared by instances)."""
     from horde_job_runner.synthetic.generation import warm_up
 
-    settings: Settings = getattr(ctx, "settings", None) or get_settings()
-    broker = getattr(ctx, "broker", None)
-    install_runtime(
-        JobRunnerRuntime(
-            sessions=ctx.sessions,
-            keypair=getattr(ctx, "hotkey", None) or load_hotkey(settings),  # preflight loaded it
-            settings=settings,
-            publish=broker.publish if broker is not None else None,
-        )
-    )
     await asyncio.to_thread(warm_up)
 
 
-async def uninstall_runtime_from_service(ctx: Any) -> None:
-    """`ServiceSpec.on_stop` hook: stop the job generation workers."""
+async def stop_generation(ctx: ServiceContext) -> None:
+    """`ServiceSpec.on_stop`: stop the job generation workers."""
     from horde_job_runner.synthetic.generation import shutdown_pool
 
-    install_runtime(None)
     await asyncio.to_thread(shutdown_pool)
 
 
 # ------------------------------------------------------------------------------------------ handlers
 
 
-async def handle_batch_released(msg: BatchReleased, ctx: HandlerContext) -> list[BusMessage]:
-    """`job-runner.batch.released` (broadcast): wake this process's shards of that batch."""
-    get_runtime().releases.release(msg.batch_id, msg.released_at)
-    return []
+async def handle_batch_released(msg: BatchReleased, ctx: HandlerContext) -> None:
+    """`job-runner.batch.released` (broadcast): wake this instance's shards of that batch."""
+    ctx.dependency(JobRunnerRuntime).releases.release(msg.batch_id, msg.released_at)
 
 
-async def handle_batch_shard_requested(msg: BatchShardRequested, ctx: HandlerContext) -> list[BusMessage]:
+async def handle_batch_shard_requested(
+    msg: BatchShardRequested, ctx: HandlerContext
+) -> list[BatchShardCompleted]:
     """`job-runner.batch.shard.requested`: run the shard (minutes), return `batch.shard.completed`."""
-    runtime = get_runtime()
+    runtime = ctx.dependency(JobRunnerRuntime)
     completed_id = completed_message_id(msg.message_id, msg.batch_id, msg.shard_index)
     session = ctx.db_session
 
@@ -272,8 +264,9 @@ async def handle_batch_shard_requested(msg: BatchShardRequested, ctx: HandlerCon
     ]
 
 
-async def active_shards_view(ctx: Any) -> dict[str, Any]:
-    """A `/debug/` view: the shards this process is running now."""
-    if _runtime is None:
+async def active_shards_view(ctx: ServiceContext) -> dict[str, Any]:
+    """A `/debug/` view: the shards this service instance is running now."""
+    runtime = ctx.dependencies.find(JobRunnerRuntime)
+    if runtime is None:
         return {"installed": False, "shards": []}
-    return {"installed": True, "shards": list(_runtime.active.values())}
+    return {"installed": True, "shards": list(runtime.active.values())}
