@@ -15,6 +15,7 @@ from horde_common.service import ServiceSpec
 from horde_common.service.housekeeping import housekeeping_loop
 from horde_common.service_ports import SERVICE_PORTS
 from horde_scheduler.dynamic_config_refresh import dynamic_config_view, refresh_loop
+from horde_scheduler.metagraph_sync import metagraph_sync_loop, metagraph_view
 
 log = structlog.get_logger(__name__)
 router = BusRouter()
@@ -36,8 +37,8 @@ SPEC = ServiceSpec(
     name="scheduler",
     port=SERVICE_PORTS["scheduler"],
     router=router,
-    loops=[refresh_loop, housekeeping_loop(prune_bus_tables)],
-    debug_views={"dynamic-config": dynamic_config_view},
+    loops=[refresh_loop, metagraph_sync_loop, housekeeping_loop(prune_bus_tables)],
+    debug_views={"dynamic-config": dynamic_config_view, "metagraph": metagraph_view},
     publishes_outside_handlers={
         # `metagraph_sync_loop` (docs/scheduling.md §6): the message is an outbox row committed with
         # each stored snapshot.
