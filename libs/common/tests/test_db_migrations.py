@@ -21,6 +21,7 @@ EXPECTED_TABLES = {
     "validators",
     "cycles",
     "synthetic_job_batches",
+    "batch_shards",
     "synthetic_jobs",
     "miner_manifests",
     "organic_jobs",

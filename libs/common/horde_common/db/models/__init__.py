@@ -14,11 +14,13 @@ from horde_common.db.models.enums import (
 from horde_common.db.models.events import SystemEvent, SystemEventSubtype, SystemEventType
 from horde_common.db.models.organic import OrganicJob
 from horde_common.db.models.receipts import JobAcceptedReceipt, JobFinishedReceipt, JobStartedReceipt
+from horde_common.db.models.shards import BatchShard
 from horde_common.db.models.synthetic import MinerManifest, SyntheticJob, SyntheticJobBatch
 from horde_common.db.models.weights import Weights
 
 __all__ = [
     "DEFAULT_EXECUTOR_CLASS",
+    "BatchShard",
     "Cycle",
     "DynamicConfigEntry",
     "JobAcceptedReceipt",
