@@ -33,6 +33,9 @@ localnet_app = typer.Typer(help="A whole subnet on this machine.", **HELP_STYLE)
 debug_app = typer.Typer(help="Operator debugging tools.", **HELP_STYLE)
 app.add_typer(localnet_app, name="localnet")
 app.add_typer(debug_app, name="debug")
+# `horde batches` lists, `horde batches show <id>` details: the group itself runs the list.
+batches_app = typer.Typer(help="Synthetic job batches, read from the database.", rich_markup_mode=None)
+app.add_typer(batches_app, name="batches")
 
 
 @functools.cache
@@ -112,6 +115,46 @@ def status(host: Annotated[str, typer.Option(help="where the services listen")] 
     statuses = probe_all(host)
     _console().print(status_table(statuses))
     if not all(s.ready for s in statuses):
+        raise typer.Exit(1)
+
+
+@batches_app.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    # A screenful by default; a thousand rows still answer in well under a second.
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many, newest first")] = 10,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """The newest synthetic batches: state, cycle, times, job counts. `show <id>` for one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from horde_cli.batches import BatchesError, print_error, print_list
+
+    try:
+        print_list(_console(), _settings().database_url, limit, json_output)
+    except BatchesError as exc:
+        print_error(_err(), str(exc))
+        raise typer.Exit(1) from None
+
+
+@batches_app.command("show")
+def batches_show(
+    key: Annotated[str, typer.Argument(help="batch id or uuid")],
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """One batch: its cycle, times, jobs per status, miners and the stages it went through."""
+    from horde_cli.batches import BadKeyError, BatchesError, print_error, print_one
+
+    try:
+        found = print_one(_console(), _settings().database_url, key, json_output)
+    except BadKeyError as exc:
+        print_error(_err(), str(exc))
+        raise typer.Exit(2) from None
+    except BatchesError as exc:
+        print_error(_err(), str(exc))
+        raise typer.Exit(1) from None
+    if not found:
+        print_error(_err(), f"no batch {key!r}")
         raise typer.Exit(1)
 
 

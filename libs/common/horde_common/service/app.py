@@ -5,7 +5,8 @@
 loop runs (readiness: route no work to a replica that cannot do it); a 503 names what is missing and
 why (`failing`, `reasons`), so an operator need not dig through logs. `/debug/*` exposes internal
 state, so every path under it needs `Authorization: Bearer $DEBUG_TOKEN`; with no token configured
-it is closed.
+it is closed. A debug view is either whole (`/debug/<name>`, `spec.debug_views`) or keyed by one
+path segment (`/debug/<name>/<key>`, `spec.debug_item_views`: None is a 404, `DebugKeyError` a 400).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from horde_common.service.context import DebugView, ServiceContext, ServiceSpec
+from horde_common.service.context import DebugItemView, DebugView, ServiceContext, ServiceSpec
 from horde_common.service.startup import describe_error, url_secrets
 from horde_common.telemetry import get_logger, masked, render_metrics
 
@@ -28,6 +29,16 @@ log = get_logger(__name__)
 
 DB_PROBE_TIMEOUT_S = 2.0
 DEBUG_PREFIX = "/debug"
+
+
+# `/debug/<name>/<key>`: the item named `key` (a batch id, say); None when there is no such item.
+class DebugKeyError(ValueError):
+    """Raised by an item view for a key it cannot parse: the answer is a 400, not a 404 or a 500."""
+
+
+def item_views_of(spec: ServiceSpec) -> dict[str, DebugItemView]:
+    """The spec's keyed debug views (`ServiceSpec.debug_item_views`)."""
+    return dict(spec.debug_item_views)
 
 
 async def database_error(ctx: ServiceContext, timeout_s: float = DB_PROBE_TIMEOUT_S) -> str | None:
@@ -131,6 +142,7 @@ def build_app(ctx: ServiceContext, spec: ServiceSpec) -> FastAPI:
     """The FastAPI app of a service (probes, metrics, debug views, plus `spec.http_routes`)."""
     app = FastAPI(title=f"horde {spec.name}", docs_url=None, redoc_url=None, openapi_url=None)
     views: dict[str, DebugView] = {**DEFAULT_DEBUG_VIEWS, **spec.debug_views}
+    item_views = item_views_of(spec)
     token_secret = ctx.settings.DEBUG_TOKEN
     token = token_secret.get_secret_value() if token_secret is not None else None
 
@@ -176,7 +188,7 @@ def build_app(ctx: ServiceContext, spec: ServiceSpec) -> FastAPI:
     @app.get(DEBUG_PREFIX)
     @app.get(DEBUG_PREFIX + "/")
     async def debug_index() -> dict[str, Any]:
-        return {"service": spec.name, "views": sorted(views)}
+        return {"service": spec.name, "views": sorted(views), "item_views": sorted(item_views)}
 
     @app.get(DEBUG_PREFIX + "/{view}")
     async def debug_view(view: str) -> JSONResponse:
@@ -190,6 +202,24 @@ def build_app(ctx: ServiceContext, spec: ServiceSpec) -> FastAPI:
         except Exception as exc:
             log.exception("debug view failed", view=view)
             return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse(jsonable_encoder(masked(data)))
+
+    @app.get(DEBUG_PREFIX + "/{view}/{key}")
+    async def debug_item_view(view: str, key: str) -> JSONResponse:
+        fn = item_views.get(view)
+        if fn is None:
+            return JSONResponse(
+                {"detail": f"no debug item view {view!r}", "item_views": sorted(item_views)}, status_code=404
+            )
+        try:
+            data = await fn(ctx, key)
+        except DebugKeyError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        except Exception as exc:
+            log.exception("debug view failed", view=view, key=key)
+            return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        if data is None:
+            return JSONResponse({"detail": f"{view}/{key}: not found"}, status_code=404)
         return JSONResponse(jsonable_encoder(masked(data)))
 
     for router in spec.http_routes:

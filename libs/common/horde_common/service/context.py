@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 LoopFn = Callable[["ServiceContext"], Awaitable[None]]
 DebugView = Callable[["ServiceContext"], Awaitable[dict[str, Any]]]
+# A view with one path parameter, served at /debug/<name>/<key>; None is a 404.
+DebugItemView = Callable[["ServiceContext", str], Awaitable[dict[str, Any] | None]]
 Hook = Callable[["ServiceContext"], Awaitable[None]]
 T = TypeVar("T")
 
@@ -70,6 +72,7 @@ class ServiceSpec:
     router: BusRouter | None = None
     loops: list[LoopFn] = field(default_factory=list)
     debug_views: dict[str, DebugView] = field(default_factory=dict)
+    debug_item_views: dict[str, DebugItemView] = field(default_factory=dict)
     dependencies: list[Dependency[Any]] = field(default_factory=list)
     publishes_outside_handlers: Mapping[type[BusMessage], str] = field(default_factory=dict)
     on_start: Hook | None = None
