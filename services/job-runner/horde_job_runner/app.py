@@ -31,11 +31,15 @@ log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
-@router.handler("job-runner.batch.shard.requested", publishes=(BatchShardCompleted,))
+@router.handler("job-runner.batch.shard.requested", publishes=(BatchShardCompleted,), long_running=True)
 async def on_batch_shard_requested(
     msg: BatchShardRequested, ctx: HandlerContext
 ) -> list[BatchShardCompleted]:
-    """Run one synthetic shard (§3.2–§3.12) and report `batch.shard.completed`."""
+    """Run one synthetic shard (§3.2–§3.12) and report `batch.shard.completed`.
+
+    `long_running`: a shard runs for minutes, so no database connection is held for it (the shard's
+    lease in `batch_shards` says who runs it; see `synthetic/handler.py`).
+    """
     return await handle_batch_shard_requested(msg, ctx)
 
 

@@ -1,7 +1,8 @@
 """The bus handlers of synthetic shards: ready → released → completed, fallback, redelivery, markers.
 
-The handlers are called as the broker calls them (a `HandlerContext` with the handler's session);
-the "scheduler" is a fake publisher that answers `batch.shard.ready` with `batch.released`.
+The handlers are called as the broker calls a `long_running` handler (a `HandlerContext` with the
+session factory and no session; the deferred writes then run in a final transaction); the
+"scheduler" is a fake publisher that answers `batch.shard.ready` with `batch.released`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from horde_common.bus.messages import (
     BatchReleased,
@@ -27,6 +28,7 @@ from horde_common.bus.router import Dependencies, HandlerContext
 from horde_common.config import load_settings
 from horde_common.db import create_engine, session_factory
 from horde_common.db.models import SyntheticJob, SystemEvent
+from horde_common.db.models.shards import BatchShard
 from horde_job_runner.synthetic.batch import completed_message_id, ready_message_id
 from horde_job_runner.synthetic.generation import InlineJobFactory
 from horde_job_runner.synthetic.handler import (
@@ -75,14 +77,14 @@ class FakeScheduler:
 
 
 def _ctx(
-    msg: BusMessage, session: Any = None, delivery_count: int = 1, runtime: JobRunnerRuntime | None = None
+    msg: BusMessage, sessions: Any = None, delivery_count: int = 1, runtime: JobRunnerRuntime | None = None
 ) -> HandlerContext:
     return HandlerContext(
         queue=f"job-runner.{msg.ROUTING_KEY}",
         message_id=msg.message_id,
         redelivered=delivery_count > 1,
         delivery_count=delivery_count,
-        db_session=session,
+        sessions=sessions,
         dependencies=Dependencies(runtime) if runtime is not None else Dependencies(),
     )
 
@@ -125,8 +127,26 @@ def _request(batch_id: int, fleet: MinerFleet, *, accept_in: float, release_in: 
 async def _handle(
     runtime: JobRunnerRuntime, msg: BatchShardRequested, delivery_count: int = 1
 ) -> list[BatchShardCompleted]:
-    async with runtime.sessions() as session, session.begin():
-        return await handle_batch_shard_requested(msg, _ctx(msg, session, delivery_count, runtime))
+    ctx = _ctx(msg, runtime.sessions, delivery_count, runtime)
+    out = await handle_batch_shard_requested(msg, ctx)
+    async with runtime.sessions() as session, session.begin():  # the consumer's final transaction
+        await ctx.run_deferred_writes(session)
+    return out
+
+
+async def _earlier_delivery_contacted_the_miners(sessions: Any, batch_id: int) -> None:
+    """What a first delivery that died mid-shard leaves: its lease lapsed, `initial_sent_at` set."""
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(BatchShard)
+            .where(BatchShard.batch_id == batch_id, BatchShard.shard_index == 0)
+            .values(
+                lease_owner="dead-runner",
+                lease_expires_at=datetime.now(UTC) - timedelta(seconds=1),
+                initial_sent_at=datetime.now(UTC) - timedelta(seconds=5),
+                attempts=1,
+            )
+        )
 
 
 async def _batch_event(sessions: Any, batch_id: int, subtype: str) -> list[SystemEvent]:
@@ -199,17 +219,21 @@ async def test_shard_releases_itself_at_the_deadline_without_a_scheduler(session
 
 
 @pytest.mark.parametrize(
-    ("delivery_count", "release_in", "reason"),
-    [(2, 30.0, "redelivered"), (1, -5.0, "after its release deadline")],
+    ("contacted", "release_in", "reason"),
+    [(True, 30.0, "redelivered"), (False, -5.0, "after its release deadline")],
 )
 async def test_redelivered_or_late_shard_is_not_run(
-    sessions: Any, delivery_count: int, release_in: float, reason: str
+    sessions: Any, contacted: bool, release_in: float, reason: str
 ) -> None:
     runtime = _runtime(sessions, FakeScheduler())
     batch_id, _ = await BatchStore(sessions).create_batch()
     async with MinerFleet(1, executors={AO: 1}, first_index=420) as fleet:
         msg = _request(batch_id, fleet, accept_in=1.0, release_in=release_in)
-        out = await _handle(runtime, msg, delivery_count=delivery_count)
+        if contacted:  # the lease decision, not the delivery count, says "an earlier run may have sent"
+            async with sessions() as session, session.begin():
+                session.add(BatchShard(batch_id=batch_id, shard_index=0, miner_hotkeys=[]))
+            await _earlier_delivery_contacted_the_miners(sessions, batch_id)
+        out = await _handle(runtime, msg, delivery_count=2 if contacted else 1)
         assert fleet.miners[0].connection_count == 0  # the miners were never contacted
     (completed,) = out
     assert isinstance(completed, BatchShardCompleted)

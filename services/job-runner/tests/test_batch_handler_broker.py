@@ -1,11 +1,13 @@
 """The shard handler as the service runs it: through the real `Broker`, RabbitMQ and Postgres.
 
 No hand-built `HandlerContext`: the job-runner's own router consumes `batch.shard.requested` from
-its quorum queue, in the broker's transaction (idempotency row + outbox), against simulated miners.
+its quorum queue as a `long_running` handler (no transaction held while the shard runs; idempotency
+row + outbox in the delivery's final transaction), against simulated miners.
 A second `Broker` plays the scheduler: it publishes the request, answers `batch.shard.ready` with
 `batch.released` and collects `batch.shard.completed`. Then the same message comes again, twice:
 published anew with the same message id (the broker's idempotency row drops it), and requeued by
-RabbitMQ after the consumer died mid-shard (the handler reports it failed and does not re-run it).
+RabbitMQ after the consumer died mid-shard (its lease is released but `initial_sent_at` is set, so
+the handler reports it failed and does not re-run it).
 Either way no miner gets a second set of jobs.
 """
 

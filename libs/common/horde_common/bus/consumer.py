@@ -7,18 +7,30 @@ A handler error rolls back and nacks with requeue after a backoff; the quorum qu
 limit dead-letters the message eventually. How each result is settled is the pure `ack.decide`.
 A crash anywhere before the ack means redelivery, and the idempotency row makes the redelivery a
 no-op if the transaction had committed.
+
+A `long_running` route (a handler that runs for minutes) holds no connection while it runs: the
+idempotency row is checked in a short transaction (closed at once), the handler runs with
+`ctx.db_session = None` and `ctx.sessions` for short transactions of its own, then one short final
+transaction inserts the idempotency row, runs the writes the handler deferred (`ctx.defer_write`)
+and stages its returned messages; commit, ack. A duplicate of a message still running in this
+consumer waits for it, then is skipped (as the row lock does in the normal mode). A delivery of the
+same message on another consumer may run concurrently (the handler must tolerate that: the shard
+handler's lease does); if it committed first, this one's returned messages are still staged unless
+the outbox already has their message ids, and its deferred writes are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,12 +45,12 @@ from horde_common.bus.ack import (
     delivery_limit,
 )
 from horde_common.bus.messages import BusMessage
-from horde_common.bus.outbox import OutboxRelay, add_to_outbox
+from horde_common.bus.outbox import OutboxRelay, add_to_outbox, trace_headers
 from horde_common.bus.publisher import Publisher
 from horde_common.bus.router import BusRouter, HandlerContext, Route, as_messages
 from horde_common.bus.topology import QUEUES, declare_exchanges, declare_queue
 from horde_common.bus.tracing import consumer_span
-from horde_common.db.models.bus import ProcessedMessage
+from horde_common.db.models.bus import OutboxMessage, ProcessedMessage
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +91,8 @@ class Consumer:
         self.inflight: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self.settle_listeners: list[SettleListener] = []
+        # Long-running deliveries in progress here, by (queue, message id): a duplicate waits on it.
+        self._long_running: dict[tuple[str, uuid.UUID], asyncio.Event] = {}
 
     async def start(self, connection: AbstractRobustConnection, router: BusRouter) -> None:
         """Open the consume channel and consume every queue of `router`."""
@@ -171,6 +185,8 @@ class Consumer:
             if out:  # an empty gather still costs a future per message
                 await asyncio.gather(*(self._publisher.publish(m) for m in out))
             return "processed"
+        if route.long_running:
+            return await self._handle_long_running(route, queue_name, msg, ctx, self._session_factory)
         async with self._session_factory() as session, session.begin():
             first = await session.scalar(
                 pg_insert(ProcessedMessage)
@@ -183,9 +199,63 @@ class Consumer:
                 return "duplicate"
             ctx.db_session = session
             out = as_messages(await route.fn(msg, ctx))
+            await ctx.run_deferred_writes(session)
             for m in out:
                 await add_to_outbox(session, m)
         return "staged" if out else "processed"
+
+    async def _handle_long_running(
+        self,
+        route: Route,
+        queue_name: str,
+        msg: BusMessage,
+        ctx: HandlerContext,
+        sessions: async_sessionmaker[AsyncSession],
+    ) -> DeliveryResult:
+        """Run a `long_running` handler with no transaction held (see the module docstring)."""
+        key = (queue_name, msg.message_id)
+        while (running := self._long_running.get(key)) is not None:
+            await running.wait()  # the same message is being handled here: its outcome decides ours
+        done = self._long_running[key] = asyncio.Event()
+        try:
+            async with sessions() as session:  # closed (rolled back, connection returned) at once
+                seen = await session.scalar(
+                    select(ProcessedMessage.message_id).where(
+                        ProcessedMessage.queue == queue_name, ProcessedMessage.message_id == msg.message_id
+                    )
+                )
+            if seen is not None:
+                log.info("bus.duplicate_skipped", queue=route.queue, message_id=str(msg.message_id))
+                return "duplicate"
+            ctx.db_session = None
+            ctx.sessions = sessions
+            out = as_messages(await route.fn(msg, ctx))
+            async with sessions() as session, session.begin():
+                first = await session.scalar(
+                    pg_insert(ProcessedMessage)
+                    .values(queue=queue_name, message_id=msg.message_id)
+                    .on_conflict_do_nothing()
+                    .returning(ProcessedMessage.message_id)
+                )
+                if first is not None:
+                    await ctx.run_deferred_writes(session)
+                    for m in out:
+                        await add_to_outbox(session, m)
+                    return "staged" if out else "processed"
+                # Another consumer's delivery of this message committed while this one ran: keep
+                # what this run produced that the outbox does not already hold.
+                staged = await _stage_missing(session, out)
+            log.warning(
+                "bus.long_running_concurrent_delivery",
+                queue=route.queue,
+                message_id=str(msg.message_id),
+                staged=staged,
+                dropped_writes=len(ctx.deferred_writes),
+            )
+            return "staged" if staged else "duplicate"
+        finally:
+            del self._long_running[key]
+            done.set()
 
     async def _settle(self, queue: str, message: AbstractIncomingMessage, decision: Decision) -> None:
         """Ack/nack/reject, tolerating a channel that died meanwhile (the broker then redelivers)."""
@@ -228,6 +298,30 @@ class Consumer:
     def detach(self) -> None:
         """Forget the consume channel (the broker closed the connection)."""
         self._channel = None
+
+
+async def _stage_missing(session: AsyncSession, msgs: Sequence[BusMessage]) -> int:
+    """Stage the messages whose ids the outbox does not hold yet; return how many were staged."""
+    if not msgs:
+        return 0
+    rows = await session.scalars(
+        pg_insert(OutboxMessage)
+        .values(
+            [
+                {
+                    "message_id": m.message_id,
+                    "routing_key": m.ROUTING_KEY,
+                    "body": m.model_dump(mode="json"),
+                    "headers": trace_headers(),
+                    "attempts": 0,
+                }
+                for m in msgs
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=[OutboxMessage.message_id])
+        .returning(OutboxMessage.message_id)
+    )
+    return len(rows.all())
 
 
 __all__ = ["Consumer", "SettleListener"]

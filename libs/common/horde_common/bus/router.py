@@ -11,6 +11,12 @@ is registered and against what it returns at run time, so the bus table in `docs
 (generated from these declarations) cannot drift from the code. Its per-service-instance objects
 (`Dependencies`) reach it through `HandlerContext.dependency(T)`, bound by `BusRouter.bind`: a router
 is module-level and shared by every instance in a process, the objects are not.
+
+A handler that runs for minutes (a synthetic shard) is registered `long_running=True`: the consumer
+then holds no transaction while it runs (`HandlerContext.db_session` is None). It opens short
+transactions of its own from `HandlerContext.sessions`, and hands the writes that must commit with
+its idempotency row and returned messages to `HandlerContext.defer_write` (see
+`horde_common.bus.consumer`).
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.bus.messages import BusMessage
 from horde_common.bus.topology import QUEUES
 
 HandlerResult: TypeAlias = BusMessage | Sequence[BusMessage] | None
 Handler = Callable[[Any, "HandlerContext"], Awaitable[HandlerResult]]
+# A write staged by a handler, run in the transaction that records its delivery (see `defer_write`).
+DeferredWrite = Callable[[AsyncSession], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
 T = TypeVar("T")
 
@@ -103,13 +111,38 @@ class HandlerContext:
     db_session: AsyncSession | None = None
     # The service instance's objects (set by a router bound with `BusRouter.bind`).
     dependencies: Dependencies = field(default_factory=Dependencies)
+    # Long-running handlers only: the consumer's session factory, for short transactions of their own
+    # (a long-running handler has no `db_session`: no connection is held while it runs).
+    sessions: async_sessionmaker[AsyncSession] | None = None
+    # Writes staged with `defer_write`, run by the consumer in the delivery's final transaction.
+    deferred_writes: list[DeferredWrite] = field(default_factory=list)
 
     @property
     def session(self) -> AsyncSession:
         """The session of the handler's transaction (committed before the ack, with the outbox rows)."""
         if self.db_session is None:
+            if self.sessions is not None:
+                raise RuntimeError(
+                    "a long_running handler holds no transaction: open short ones from ctx.sessions, "
+                    "or stage writes that must commit with the delivery with ctx.defer_write"
+                )
             raise RuntimeError("this broker has no session_factory; the handler has no database session")
         return self.db_session
+
+    def defer_write(self, write: DeferredWrite) -> None:
+        """Run `write(session)` in the transaction that records this delivery as processed.
+
+        So a long-running handler's own writes (e.g. a failure event) commit atomically with its
+        idempotency row and returned messages, exactly as a normal handler's writes to `ctx.session`
+        do: a redelivery after a lost commit does not write them twice.
+        """
+        self.deferred_writes.append(write)
+
+    async def run_deferred_writes(self, session: AsyncSession) -> None:
+        """Run (once) the writes staged with `defer_write`, in `session`'s transaction."""
+        writes, self.deferred_writes = self.deferred_writes, []
+        for write in writes:
+            await write(session)
 
     def dependency(self, kind: type[T]) -> T:
         """The service instance's `kind` object (e.g. `ctx.dependency(JobRunnerRuntime)`)."""
@@ -125,6 +158,8 @@ class Route:
     publishes: tuple[type[BusMessage], ...] = ()
     # The handler as written (for names in logs and the bus table).
     handler: Callable[..., Any] | None = None
+    # Run without a transaction held (see the module docstring and `horde_common.bus.consumer`).
+    long_running: bool = False
 
     @property
     def handler_name(self) -> str:
@@ -138,13 +173,21 @@ class BusRouter:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
 
-    def handler(self, queue: str, *, publishes: Iterable[type[BusMessage]] = ()) -> Callable[[H], H]:
+    def handler(
+        self, queue: str, *, publishes: Iterable[type[BusMessage]] = (), long_running: bool = False
+    ) -> Callable[[H], H]:
         """Register the decorated `async def (msg: Model, ctx) -> ...` for `queue`.
 
         `publishes`: every message type the handler may return. It must agree with the return
         annotation (`-> None` declares nothing; `-> X`, `-> list[X]`, `-> X | None` declare X or
         subclasses of X); a returned message of another type fails the delivery with
         `UndeclaredMessageError`.
+
+        `long_running`: the handler runs for minutes, so the consumer must not hold a database
+        connection for it: no `ctx.db_session`; `ctx.sessions` for short transactions and
+        `ctx.defer_write` for writes that commit with the delivery. Its returned messages should
+        have deterministic message ids (a concurrent delivery of the same message on another
+        replica may return them too; the outbox keeps one per id).
         """
         spec = QUEUES.get(queue)
         if spec is None:
@@ -158,7 +201,9 @@ class BusRouter:
             check_publishes(fn, declared)
             if queue in self.routes:
                 raise ValueError(f"queue {queue!r} already has a handler")
-            self.routes[queue] = Route(queue, model, _checked(fn, queue, declared), declared, fn)
+            self.routes[queue] = Route(
+                queue, model, _checked(fn, queue, declared), declared, fn, long_running
+            )
             return fn
 
         return register

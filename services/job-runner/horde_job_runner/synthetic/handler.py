@@ -9,23 +9,33 @@ dependency of the spec (never a module global: two instances in one process shar
 
 and the handlers read it as `ctx.dependency(JobRunnerRuntime)`.
 
-Transactions. The bus handler's own transaction (`ctx.session`) holds only the idempotency row and
-the returned `batch.shard.completed`; the shard's rows are written by `run_shard` through its own
-transaction, minutes later, on a fresh connection (a handler transaction held open for the whole
-batch would lose everything to one dropped connection). The two are tied by a marker: the shard's
-SYNTHETIC_BATCH telemetry event carries the request's `message_id`.
+Transactions. The shard handler is a `long_running` bus handler (`app.py`): the consumer holds no
+transaction while it runs, so a running shard holds no database connection. The delivery's own final
+transaction (opened by the consumer once the handler returns) holds only the idempotency row, the
+returned `batch.shard.completed` and the writes deferred with `ctx.defer_write` (a failure event);
+the shard's rows are written by `run_shard` through its own transaction, minutes later. The two are
+tied by a marker: the shard's SYNTHETIC_BATCH telemetry event carries the request's `message_id`.
 
-Redelivery. A `batch.shard.requested` delivered again (the runner crashed or its commit failed)
-is never re-run against the miners, because the first delivery may already have reserved their
-executors: if the marker exists the shard is reported completed again (same message id, so the
-scheduler deduplicates it); otherwise a VALIDATOR_FAILURE event is written and the shard is
-reported failed (`ok=False`). No job rows are written for it, so no miner is blamed.
+Lease. Before running, the handler claims the shard's `batch_shards` row in one short committed
+transaction (`shard_lease.claim_shard`), and a heartbeat renews the lease while the shard runs. What a
+delivery does is the lease decision (`shard_lease.decide`):
+- the marker exists (or the scheduler closed the row): the shard is reported completed again (same
+  message id, so the scheduler deduplicates it);
+- a live lease: another delivery is running the shard and will report it; nothing is run or returned;
+- no live lease but `initial_sent_at` is set: an earlier delivery may already have reserved the
+  miners' executors, so the shard is never re-run against them: a VALIDATOR_FAILURE event naming the
+  miners is written and the shard is reported failed (`ok=False`); no job rows are written for it,
+  so no miner is blamed;
+- otherwise the lease is taken and the shard runs.
+A request that arrives after its release deadline (plus a grace) and that nobody ran is not run
+either: failed, with the same event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,7 +57,8 @@ from horde_common.telemetry import SystemEventSubtype, SystemEventType, record_e
 from horde_job_runner.synthetic.batch import completed_message_id, run_shard
 from horde_job_runner.synthetic.generation import JobFactory, default_job_factory
 from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, ShardRequest
-from horde_job_runner.synthetic.persistence import BatchStore, shard_marker_exists
+from horde_job_runner.synthetic.persistence import BatchStore
+from horde_job_runner.synthetic.shard_lease import Claim, LeaseDecision, claim_shard, new_owner_id
 
 if TYPE_CHECKING:
     from horde_common.service.context import ServiceContext
@@ -121,6 +132,8 @@ class JobRunnerRuntime:
     job_factory: JobFactory = field(default_factory=default_job_factory)
     timeouts: BatchTimeouts = field(default_factory=BatchTimeouts)
     active: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    # This instance's name on the shard leases it takes (unique per instance, readable per host/pid).
+    lease_owner: str = field(default_factory=new_owner_id)
 
     def deps(self) -> BatchDeps:
         publish = self.publish
@@ -183,63 +196,74 @@ async def handle_batch_released(msg: BatchReleased, ctx: HandlerContext) -> None
 async def handle_batch_shard_requested(
     msg: BatchShardRequested, ctx: HandlerContext
 ) -> list[BatchShardCompleted]:
-    """`job-runner.batch.shard.requested`: run the shard (minutes), return `batch.shard.completed`."""
+    """`job-runner.batch.shard.requested`: run the shard (minutes), return `batch.shard.completed`.
+
+    Registered `long_running` (no transaction held while it runs); `ctx.sessions=None` (a context
+    built without a database, tests of the wiring) runs the shard without a lease.
+    """
+    if ctx.db_session is not None:
+        raise RuntimeError("the shard handler must be registered long_running=True (see app.py)")
     runtime = ctx.dependency(JobRunnerRuntime)
-    completed_id = completed_message_id(msg.message_id, msg.batch_id, msg.shard_index)
-    session = ctx.db_session
-
-    if session is not None:
-        marker = await shard_marker_exists(session, msg.message_id)
-        if marker is not None:
-            log.info("batch.shard.already_persisted", batch_id=msg.batch_id, shard=msg.shard_index)
-            job_count = sum(
-                int(v.get("total", 0))
-                for v in ((marker.get("counts") or {}).get("jobs") or {}).values()
-                if isinstance(v, dict)
-            )
-            return [
-                BatchShardCompleted(
-                    message_id=completed_id,
-                    batch_id=msg.batch_id,
-                    shard_index=msg.shard_index,
-                    job_count=job_count,
-                    ok=bool(marker.get("ok", True)),
-                )
-            ]
-
     now = datetime.now(UTC)
     late = (now - msg.deadlines.release_deadline).total_seconds() > runtime.timeouts.late_request_grace
-    if ctx.delivery_count > 1 or late:
-        reason = (
-            "redelivered: an earlier delivery may already have contacted the miners"
-            if ctx.delivery_count > 1
-            else f"arrived after its release deadline ({msg.deadlines.release_deadline.isoformat()})"
-        )
-        log.warning("batch.shard.not_run", batch_id=msg.batch_id, shard=msg.shard_index, reason=reason)
-        if session is not None:
-            await record_event(
-                session,
-                SystemEventType.VALIDATOR_FAILURE,
-                SystemEventSubtype.GENERIC_ERROR,
-                f"synthetic shard {msg.shard_index}/{msg.shard_count} of batch {msg.batch_id} not run: {reason}",
-                {
-                    "batch_id": msg.batch_id,
-                    "shard_index": msg.shard_index,
-                    "shard_message_id": str(msg.message_id),
-                    "miner_hotkeys": [m.hotkey for m in msg.miners],
-                },
-            )
-        return [
-            BatchShardCompleted(
-                message_id=completed_id,
-                batch_id=msg.batch_id,
-                shard_index=msg.shard_index,
-                job_count=0,
-                ok=False,
-                error=reason,
-            )
-        ]
+    late_reason = f"arrived after its release deadline ({msg.deadlines.release_deadline.isoformat()})"
+    sessions = ctx.sessions
+    if sessions is None:
+        return [_failed(msg, late_reason)] if late else await _run(msg, runtime)
 
+    claim = await claim_shard(
+        sessions,
+        batch_id=msg.batch_id,
+        shard_index=msg.shard_index,
+        shard_message_id=msg.message_id,
+        miner_hotkeys=[m.hotkey for m in msg.miners],
+        owner=runtime.lease_owner,
+        late=late,
+    )
+    log.info(
+        "batch.shard.claim",
+        batch_id=msg.batch_id,
+        shard=msg.shard_index,
+        decision=str(claim.decision),
+        attempts=claim.attempts,
+        delivery=ctx.delivery_count,
+    )
+    if claim.decision is LeaseDecision.RUN:
+        assert claim.lease is not None
+        async with claim.lease.held():
+            return await _run(msg, runtime)
+    if claim.decision is LeaseDecision.ALREADY_DONE:
+        return [_completed_again(msg, claim)]
+    if claim.decision is LeaseDecision.HELD_ELSEWHERE:
+        # Its owner is running it and reports it; a second report (or run) would be wrong.
+        return []
+    reason = (
+        late_reason
+        if claim.decision is LeaseDecision.TOO_LATE
+        else "redelivered: an earlier delivery may already have contacted the miners"
+    )
+    log.warning("batch.shard.not_run", batch_id=msg.batch_id, shard=msg.shard_index, reason=reason)
+
+    async def failure_event(session: AsyncSession) -> None:
+        await record_event(
+            session,
+            SystemEventType.VALIDATOR_FAILURE,
+            SystemEventSubtype.GENERIC_ERROR,
+            f"synthetic shard {msg.shard_index}/{msg.shard_count} of batch {msg.batch_id} not run: {reason}",
+            {
+                "batch_id": msg.batch_id,
+                "shard_index": msg.shard_index,
+                "shard_message_id": str(msg.message_id),
+                "miner_hotkeys": [m.hotkey for m in msg.miners],
+            },
+        )
+
+    ctx.defer_write(failure_event)  # commits with the idempotency row: once per message
+    return [_failed(msg, reason)]
+
+
+async def _run(msg: BatchShardRequested, runtime: JobRunnerRuntime) -> list[BatchShardCompleted]:
+    """Run the shard and report it (raise `ShardNotPersisted` to get the failure reported on redelivery)."""
     key = (msg.batch_id, msg.shard_index)
     runtime.active[key] = {
         "batch_id": msg.batch_id,
@@ -254,7 +278,7 @@ async def handle_batch_shard_requested(
         raise ShardNotPersisted(result.error or "shard results could not be stored")
     return [
         BatchShardCompleted(
-            message_id=completed_id,
+            message_id=_completed_id(msg),
             batch_id=msg.batch_id,
             shard_index=msg.shard_index,
             job_count=result.job_count,
@@ -262,6 +286,49 @@ async def handle_batch_shard_requested(
             error=result.error,
         )
     ]
+
+
+def _completed_id(msg: BatchShardRequested) -> uuid.UUID:
+    return completed_message_id(msg.message_id, msg.batch_id, msg.shard_index)
+
+
+def _failed(msg: BatchShardRequested, reason: str) -> BatchShardCompleted:
+    return BatchShardCompleted(
+        message_id=_completed_id(msg),
+        batch_id=msg.batch_id,
+        shard_index=msg.shard_index,
+        job_count=0,
+        ok=False,
+        error=reason,
+    )
+
+
+def _completed_again(msg: BatchShardRequested, claim: Claim) -> BatchShardCompleted:
+    """The completion of a shard already persisted (from its marker) or closed by the scheduler."""
+    log.info("batch.shard.already_persisted", batch_id=msg.batch_id, shard=msg.shard_index)
+    marker = claim.marker
+    if marker is None:  # closed by the scheduler without our marker (e.g. failed at its deadline)
+        ok = claim.state == "completed"
+        return BatchShardCompleted(
+            message_id=_completed_id(msg),
+            batch_id=msg.batch_id,
+            shard_index=msg.shard_index,
+            job_count=0,
+            ok=ok,
+            error=None if ok else f"shard already {claim.state}",
+        )
+    job_count = sum(
+        int(v.get("total", 0))
+        for v in ((marker.get("counts") or {}).get("jobs") or {}).values()
+        if isinstance(v, dict)
+    )
+    return BatchShardCompleted(
+        message_id=_completed_id(msg),
+        batch_id=msg.batch_id,
+        shard_index=msg.shard_index,
+        job_count=job_count,
+        ok=bool(marker.get("ok", True)),
+    )
 
 
 async def active_shards_view(ctx: ServiceContext) -> dict[str, Any]:
