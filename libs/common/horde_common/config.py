@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     # Metagraph snapshot cadence overrides (docs/scheduling.md §6); unset: production or localnet default.
     METAGRAPH_SYNC_EVERY_BLOCKS: int | None = Field(None, ge=1)
     METAGRAPH_SYNC_POLL_INTERVAL_S: float | None = Field(None, gt=0, le=3600)
+    # Batch planning and running (docs/scheduling.md §7.5, §8); unset: production or localnet default.
+    # Every validator of the subnet must share the cycle length and the run offset, or their slots
+    # stop interleaving: change them on a private network only.
+    SCHEDULER_CYCLE_LENGTH: int | None = Field(None, ge=4)
+    SYNTHETIC_JOBS_RUN_OFFSET: int | None = Field(None, ge=0)
+    BITTENSOR_APPROXIMATE_BLOCK_DURATION_S: float | None = Field(None, gt=0, le=60)
+    SCHEDULER_PLAN_INTERVAL_S: float | None = Field(None, gt=0, le=3600)
+    SYNTHETIC_JOBS_PLANNER_MAX_OVERSLEEP_BLOCKS: int | None = Field(None, ge=0, le=100)
+    SYNTHETIC_JOBS_PLANNER_WAIT_IN_ADVANCE_BLOCKS: int | None = Field(None, ge=0, le=100)
+    # Debug only: run a batch at once instead of at this validator's slot; such batches are never scored.
+    DEBUG_DONT_STAGGER_VALIDATORS: bool = False
+    # Miners per `batch.shard.requested` (one job-runner delivery); unset: one shard for all miners.
+    SHARD_SIZE: int | None = Field(None, ge=1)
 
     @field_validator("HOTKEY_SEED", mode="before")
     @classmethod
@@ -110,6 +123,14 @@ class Settings(BaseSettings):
             return None
         if isinstance(v, SecretStr) and not v.get_secret_value().strip():
             return None
+        return v
+
+    @field_validator("SCHEDULER_CYCLE_LENGTH")
+    @classmethod
+    def _even_cycle(cls, v: int | None) -> int | None:
+        # A cycle is two epochs of equal length (docs/scheduling.md §1.2).
+        if v is not None and v % 2:
+            raise ValueError("must be even (a cycle is two epochs)")
         return v
 
     @field_validator("DATABASE_URL")

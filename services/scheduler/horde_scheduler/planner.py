@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.chain import Chain, make_chain
+from horde_common.config import Settings
 from horde_common.event_types import SystemEventSubtype, SystemEventType
 from horde_common.service import ServiceContext
 from horde_common.service.startup import Backoff, describe_error, url_secrets
@@ -283,9 +284,21 @@ async def _iteration(
     return outcome.failed
 
 
-async def planner_loop(ctx: ServiceContext) -> None:
-    """The `ServiceSpec.loops` entry: production timing, localnet's when `LOCALNET_CHAIN_URL` is set."""
-    params = planner_params_from(
-        netuid=ctx.settings.BITTENSOR_NETUID, localnet=bool(ctx.settings.LOCALNET_CHAIN_URL)
+def planner_params_for(settings: Settings) -> PlannerParams:
+    """Production timing, localnet's when `LOCALNET_CHAIN_URL` is set, then each setting that is set
+    (docs/operations.md §2); `ValueError` on a combination that cannot give distinct slots."""
+    return planner_params_from(
+        netuid=settings.BITTENSOR_NETUID,
+        localnet=bool(settings.LOCALNET_CHAIN_URL),
+        cycle_length=settings.SCHEDULER_CYCLE_LENGTH,
+        run_offset=settings.SYNTHETIC_JOBS_RUN_OFFSET,
+        block_time_s=settings.BITTENSOR_APPROXIMATE_BLOCK_DURATION_S,
+        plan_interval_s=settings.SCHEDULER_PLAN_INTERVAL_S,
+        max_oversleep_blocks=settings.SYNTHETIC_JOBS_PLANNER_MAX_OVERSLEEP_BLOCKS,
+        wait_in_advance_blocks=settings.SYNTHETIC_JOBS_PLANNER_WAIT_IN_ADVANCE_BLOCKS,
     )
-    await run_planner_loop(ctx, params)
+
+
+async def planner_loop(ctx: ServiceContext) -> None:
+    """The `ServiceSpec.loops` entry, with the settings' timing (`planner_params_for`)."""
+    await run_planner_loop(ctx, planner_params_for(ctx.settings))
