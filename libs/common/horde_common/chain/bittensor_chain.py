@@ -1,29 +1,58 @@
 """`BittensorChain`: the `Chain` port over the bittensor 11 SDK (a thin adapter).
 
 One connection per instance, opened on first use and dropped after a transport failure so the
-next call reconnects. Every call has a timeout. SDK exceptions never leave this module: reads
-raise `ChainError`, and a weights submission the chain refuses is `SetWeightsResult(success=False)`.
+next call reconnects. Every call has a timeout. SDK exceptions never leave this module: a read
+or a write that cannot reach the chain raises `ChainError`, and a write the chain (or the SDK's
+preflight) refuses is a result with `success=False`. The writes themselves live in
+`bittensor_chain_weights`; `docs/weights.md` §7 describes which extrinsic each method sends.
+
+bittensor is imported on first use, not with this module: the SDK takes about two seconds to
+import and only the real chain needs it (the localnet client and the tests of everything else
+do not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import bittensor as bt
-
+from horde_common.chain import bittensor_chain_weights as writes
 from horde_common.chain.models import (
     NOT_SERVING_IP,
     ChainError,
+    CommitResult,
     Hyperparameters,
     Metagraph,
     Neuron,
+    RevealResult,
     SetWeightsResult,
 )
 
+if TYPE_CHECKING:
+    import bittensor as bt
+
+T = TypeVar("T")
+
 RAO_PER_TAO = 1_000_000_000
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for one read (including connecting). A healthy node answers a whole metagraph in about
+two seconds; 30 s leaves room for the SDK rotating to a fallback endpoint, yet keeps a
+once-a-minute task from hanging on a dead node."""
+
+DEFAULT_WRITE_TIMEOUT = 120.0
+"""Seconds for one weights submission, waiting for inclusion: the preflight reads, then the
+extrinsic must land in a block (12 s each; a busy pool may hold it a few blocks). Ten blocks
+is enough on a healthy chain; past that the outcome is unknown and the caller retries."""
+
+
+def _sdk() -> Any:
+    """The bittensor package, imported on first need (see the module docstring)."""
+    import bittensor
+
+    return bittensor
 
 
 def _amount(value: Any) -> float:
@@ -68,46 +97,39 @@ def neuron_from_sdk(n: Any) -> Neuron:
     )
 
 
-def _block_of(result: Any) -> int | None:
-    """The including block of an `ExtrinsicResult` (`extrinsic_id` is `"<block>-<index>"`)."""
-    extrinsic_id = getattr(result, "extrinsic_id", None)
-    if not extrinsic_id:
-        return None
-    head, _, _ = str(extrinsic_id).partition("-")
-    return int(head) if head.isdigit() else None
-
-
 class BittensorChain:
     """The real chain. `network` is `finney`, `test`, `local` or a `ws(s)://` URL.
 
-    Constructing is offline; the connection opens on the first call. `substrate` (tests only)
-    replaces the RPC backend with an in-memory `bittensor.Substrate` fake.
+    Constructing is offline (it imports the SDK to validate the network name, nothing connects
+    until the first call). `substrate` (tests only) replaces the SDK's RPC backend with an
+    in-memory implementation of `bittensor.Substrate`; everything above it is the real SDK.
     """
 
     def __init__(
         self,
         network: str = "finney",
         *,
-        timeout: float = 30.0,
-        set_weights_timeout: float = 120.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         substrate: Any = None,
     ) -> None:
         self.network = network
         self.timeout = timeout
-        self.set_weights_timeout = set_weights_timeout
+        self.write_timeout = write_timeout
         self._substrate = substrate
         self._client: bt.Client | None = None
         self._lock = asyncio.Lock()
-        # Constructing the SDK object is offline; it validates the network name early.
+        bt_sdk = _sdk()
         try:
-            self._subtensor = bt.Subtensor(network) if substrate is None else None
-        except (ValueError, bt.BittensorError) as exc:
-            raise ChainError(f"bad bittensor network {network!r}: {_one_line(exc)}") from None
+            bt_sdk.settings.resolve_endpoint(network)
+        except (ValueError, bt_sdk.BittensorError) as exc:
+            raise ChainError(f"bad bittensor network {network!r}: {writes.one_line(exc)}") from None
 
     def __repr__(self) -> str:
         return f"BittensorChain({self.network!r})"
 
     async def aclose(self) -> None:
+        """Close the connection (if any); the next call opens a new one."""
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -116,35 +138,47 @@ class BittensorChain:
     async def _connected(self) -> bt.Client:
         async with self._lock:
             if self._client is None:
+                bt_sdk = _sdk()
                 if self._substrate is not None:
-                    client = bt.Client(self.network, substrate=self._substrate)
-                    await client.connect()
+                    client = bt_sdk.Client(self.network, substrate=self._substrate)
                 else:
-                    subtensor = self._subtensor or bt.Subtensor(self.network)
-                    self._subtensor = None  # an instance connects once; make a fresh one next time
-                    client = await subtensor
+                    client = bt_sdk.Client(self.network)
+                await client.connect()
                 self._client = client
             return self._client
 
-    async def _call(self, what: str, make: Any, limit: float | None = None, *, refusals: bool = False) -> Any:
-        """Run `make(client)` with a timeout; translate every SDK failure into `ChainError`
-        (or, with `refusals`, a non-transport SDK error into `_Refused`)."""
+    async def _call(
+        self,
+        what: str,
+        make: Callable[[bt.Client], Awaitable[T]],
+        limit: float | None = None,
+        *,
+        refusals: bool = False,
+    ) -> T:
+        """Run `make(client)` under a timeout and translate every SDK failure into `ChainError`;
+        with `refusals`, an SDK error that is the chain (or the preflight) saying no is raised
+        as `writes.Refused` instead, for the caller to turn into a `success=False` result."""
         limit = limit or self.timeout
+        bt_sdk = _sdk()
         try:
             client = await asyncio.wait_for(self._connected(), limit)
             return await asyncio.wait_for(make(client), limit)
         except TimeoutError:
             await self.aclose()
             raise ChainError(f"chain {self.network}: no answer to {what} within {limit:g}s") from None
-        except (bt.RpcConnectionError, bt.ConnectionNotReady, OSError) as exc:
-            await self.aclose()
-            raise ChainError(f"chain {self.network} unreachable ({what}): {_one_line(exc)}") from None
-        except bt.BittensorError as exc:
+        except Exception as exc:
+            if writes.is_transport_failure(exc):
+                await self.aclose()
+                raise ChainError(
+                    f"chain {self.network} unreachable ({what}): {writes.one_line(exc)}"
+                ) from exc
+            if not isinstance(exc, bt_sdk.BittensorError):
+                raise
             if refusals:
-                raise _Refused(exc) from None
-            raise ChainError(f"chain {self.network}: {what} failed: {_one_line(exc)}") from None
+                raise writes.Refused(exc) from None
+            raise ChainError(f"chain {self.network}: {what} failed: {writes.one_line(exc)}") from exc
 
-    # --- the Chain port ---
+    # --- reads ---
 
     async def current_block(self) -> int:
         return int(await self._call("current block", lambda c: c.block()))
@@ -176,28 +210,51 @@ class BittensorChain:
     async def commit_reveal_enabled(self, netuid: int) -> bool:
         return bool(await self._call("commit-reveal flag", lambda c: c.subnets.commit_reveal_enabled(netuid)))
 
+    async def min_allowed_weights(self, netuid: int) -> int:
+        return int(
+            await self._call("min allowed weights", lambda c: c.hyperparameters.min_allowed_weights(netuid))
+        )
+
+    async def max_weight_limit(self, netuid: int) -> int:
+        return int(await self._call("max weight limit", lambda c: c.hyperparameters.max_weight_limit(netuid)))
+
+    async def commit_reveal_interval(self, netuid: int) -> int:
+        """Derived, the chain stores no interval any more: `docs/weights.md` §7.2."""
+        return (await self.hyperparameters(netuid)).commit_reveal_interval
+
     async def hyperparameters(self, netuid: int) -> Hyperparameters:
+        """Every value read at one block, so no two come from different chain states."""
+
         async def read(c: bt.Client) -> Hyperparameters:
-            hp = c.hyperparameters
-            info, rate, cr, reveal, min_w, max_w = await asyncio.gather(
-                c.subnets.info(netuid),
+            at = await c.at()
+            hp = at.hyperparameters
+            storage = _sdk().storage.SubtensorModule
+            tempo, version, rate, cr, reveal, min_w, max_w = await asyncio.gather(
+                at.query(storage.Tempo, [netuid]),
+                at.query(storage.WeightsVersionKey, [netuid]),
                 hp.weights_rate_limit(netuid),
-                c.subnets.commit_reveal_enabled(netuid),
+                at.subnets.commit_reveal_enabled(netuid),
                 hp.reveal_period(netuid),
                 hp.min_allowed_weights(netuid),
                 hp.max_weight_limit(netuid),
             )
+            if tempo is None:
+                raise ChainError(f"chain {self.network}: subnet {netuid} does not exist")
             return Hyperparameters(
                 netuid=netuid,
-                tempo=int(info.tempo),
+                tempo=int(tempo),
                 weights_rate_limit=int(rate),
                 commit_reveal_enabled=bool(cr),
                 reveal_period_epochs=int(reveal),
                 min_allowed_weights=int(min_w),
                 max_weight_limit=int(max_w),
+                weights_version=int(version or 0),
+                commit_reveal_interval=writes.commit_reveal_interval(int(tempo), int(reveal)),
             )
 
         return await self._call(f"hyperparameters of subnet {netuid}", read)
+
+    # --- writes (signed by the hotkey of `keypair`; `docs/weights.md` §7.3) ---
 
     async def set_weights(
         self,
@@ -208,50 +265,49 @@ class BittensorChain:
         keypair: Any,
     ) -> SetWeightsResult:
         """`bt.SetWeights`: the SDK preflights registration and rate limit, scales to u16, and
-        picks a direct set or a timelocked commit. `keypair` is a hotkey keypair or a wallet."""
+        sends a direct set or a timelocked commit, as the subnet's hyperparameters say."""
+        hotkey = writes.hotkey_of(keypair)
+        intent = (netuid, list(uids), list(weights), int(version_key))
+        outcome = await self._write("set weights", lambda c: writes.send_set_weights(c, *intent, hotkey))
+        return writes.set_weights_result(outcome)
 
-        async def submit(c: bt.Client) -> Any:
-            intent = bt.SetWeights(
-                netuid=netuid,
-                uids=[int(u) for u in uids],
-                weights=[float(w) for w in weights],
-                version_key=int(version_key),
-            )
-            return await c.execute(intent, keypair, wait_for_inclusion=True, wait_for_finalization=False)
-
-        try:
-            result = await self._call("set weights", submit, self.set_weights_timeout, refusals=True)
-        except _Refused as refused:
-            code = getattr(getattr(refused.error, "code", None), "value", None)
-            return SetWeightsResult(
-                success=False, message=_one_line(refused.error), code=code or "invalid_argument"
-            )
-        committed = "reveal_round" in (getattr(result, "data", None) or {})
-        if not result.success:
-            error = getattr(result, "error", None)
-            code = getattr(getattr(error, "code", None), "value", None)
-            return SetWeightsResult(
-                success=False,
-                message=_one_line(error) if error else (result.message or "weights extrinsic failed"),
-                code=code,
-                block=_block_of(result),
-            )
-        return SetWeightsResult(
-            success=True,
-            message=result.message or ("weights committed" if committed else "weights set"),
-            block=_block_of(result),
-            committed=committed,
+    async def commit_weights(self, netuid: int, commit_hash: bytes | str, keypair: Any) -> CommitResult:
+        """The legacy salted commit: extrinsic `commit_weights(netuid, commit_hash)`."""
+        hotkey = writes.hotkey_of(keypair)
+        hash_hex = writes.canonical_hash(commit_hash)  # ValueError before any I/O
+        outcome = await self._write(
+            "commit weights", lambda c: writes.send_commit(c, netuid, hash_hex, hotkey)
         )
+        return writes.commit_result(outcome, hash_hex)
+
+    async def reveal_weights(
+        self,
+        netuid: int,
+        uids: Sequence[int],
+        values: Sequence[int],
+        salt: Sequence[int],
+        version_key: int,
+        keypair: Any,
+    ) -> RevealResult:
+        """The legacy reveal: extrinsic `reveal_weights(netuid, uids, values, salt, version_key)`
+        with the committed integers exactly as given (zeros kept, no rescaling)."""
+        hotkey = writes.hotkey_of(keypair)
+        args = writes.reveal_args(netuid, uids, values, salt, version_key)  # ValueError before any I/O
+        outcome = await self._write("reveal weights", lambda c: writes.send_reveal(c, args, hotkey))
+        return writes.reveal_result(outcome)
+
+    async def _write(self, what: str, make: Callable[[bt.Client], Awaitable[Any]]) -> writes.Outcome:
+        """Submit under the write timeout: a refusal becomes an `Outcome`, transport raises."""
+        try:
+            result = await self._call(what, make, self.write_timeout, refusals=True)
+        except writes.Refused as refused:
+            return writes.refusal(refused.error)
+        return writes.outcome_of(result)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
+if TYPE_CHECKING:
+    from horde_common.chain.base import Chain
 
-
-class _Refused(Exception):
-    """The SDK or the chain refused a submission (as opposed to a transport failure)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
+    def _implements_the_port(chain: BittensorChain) -> Chain:
+        """mypy proves here that every `Chain` method exists with the port's signature."""
+        return chain
