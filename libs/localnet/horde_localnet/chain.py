@@ -3,8 +3,11 @@
 Blocks are a function of time (`start_block + elapsed // block_interval`), hashes a function of
 the number, so every reader agrees without any block-production task. Weights submissions are
 checked the way subtensor checks them (sr25519 signature of the hotkey, registration, permit,
-version key, uids, rate limit) and recorded; under commit-reveal they are recorded as commits
-revealed `reveal_period_epochs * tempo` blocks later. The HTTP wire format is
+version key, uids, min allowed weights, max weight, rate limit) and recorded; under commit-reveal
+they are recorded as commits revealed `reveal_period_epochs * tempo` blocks later. The legacy
+salted path is there too: `commit_weights` stores a hash, `reveal_weights` re-hashes the
+cleartext and sets the weights if it matches, within the interval after the commit's
+(`docs/weights.md` §8). The HTTP wire format is
 `horde_common.chain.local_models`; `horde_common.chain.LocalChainClient` is the client.
 
 Run it: `python -m horde_localnet.chain --port 9944 --metagraph FILE --block-interval 0.2`,
@@ -36,11 +39,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from horde_common.chain import Hyperparameters, Metagraph, SetWeightsResult
 from horde_common.chain.local_models import (
     BlockInfo,
+    CommitWeightsRequest,
     ErrorBody,
     NeuronsUpdate,
+    PendingCommits,
+    RevealWeightsRequest,
     SetWeightsRequest,
     WeightsHistory,
 )
+from horde_common.chain.models import CommitResult, RevealResult
 from horde_localnet.chain_sim import MAX_NONCES as MAX_NONCES  # re-exported: public import path
 from horde_localnet.chain_sim import MAX_RECORDS as MAX_RECORDS
 from horde_localnet.chain_sim import ChainSim as ChainSim
@@ -58,6 +65,11 @@ MAX_WAIT_S = 300.0
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(ErrorBody(code=code, message=message).model_dump(), status_code=status)
+
+
+def _same_subnet(path_netuid: int, body_netuid: int) -> None:
+    if body_netuid != path_netuid:
+        raise Refused(422, "invalid_argument", f"body is for subnet {body_netuid}, path for {path_netuid}")
 
 
 def build_app(sim: ChainSim, *, on_startup: Callable[[], None] | None = None) -> FastAPI:
@@ -121,13 +133,26 @@ def build_app(sim: ChainSim, *, on_startup: Callable[[], None] | None = None) ->
 
     @app.post("/subnets/{netuid}/weights")
     async def set_weights(netuid: int, req: SetWeightsRequest) -> SetWeightsResult:
-        if req.netuid != netuid:
-            raise Refused(422, "invalid_argument", f"body is for subnet {req.netuid}, path for {netuid}")
+        _same_subnet(netuid, req.netuid)
         return sim.set_weights(req)
 
     @app.get("/subnets/{netuid}/weights")
     async def weights(netuid: int, hotkey: str | None = None, limit: int = 100) -> WeightsHistory:
         return WeightsHistory(records=sim.weights(netuid, hotkey, limit))
+
+    @app.post("/subnets/{netuid}/commits")
+    async def commit_weights(netuid: int, req: CommitWeightsRequest) -> CommitResult:
+        _same_subnet(netuid, req.netuid)
+        return sim.commit_weights(req)
+
+    @app.get("/subnets/{netuid}/commits")
+    async def pending_commits(netuid: int, hotkey: str | None = None) -> PendingCommits:
+        return PendingCommits(commits=sim.pending_commits(netuid, hotkey))
+
+    @app.post("/subnets/{netuid}/reveals")
+    async def reveal_weights(netuid: int, req: RevealWeightsRequest) -> RevealResult:
+        _same_subnet(netuid, req.netuid)
+        return sim.reveal_weights(req)
 
     @app.put("/admin/subnets/{netuid}/neurons")
     async def replace_neurons(netuid: int, body: NeuronsUpdate) -> Metagraph:
@@ -183,9 +208,13 @@ async def running_chain(
     port: int = 0,
     block_interval: float | None = None,
     startup_timeout: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[RunningChain]:
-    """Serve the simulator on this event loop (port 0 = ephemeral) until the block exits."""
-    sim = ChainSim(_spec(metagraph), block_interval=block_interval)
+    """Serve the simulator on this event loop (port 0 = ephemeral) until the block exits.
+
+    `clock` drives the head block (tests pass a clock they move by hand, so block numbers are
+    exact and nothing waits on real time)."""
+    sim = ChainSim(_spec(metagraph), block_interval=block_interval, clock=clock)
     started = asyncio.Event()
     app = build_app(sim, on_startup=started.set)
     sock = _bind(host, port)

@@ -8,6 +8,9 @@ chain:                  # all optional
   tempo: 360
   weights_rate_limit: 100
   commit_reveal_enabled: true
+  commit_reveal_interval: 722   # legacy commit-reveal interval in blocks (docs/weights.md §8)
+  min_allowed_weights: 0
+  max_weight_limit: 65535       # u16; 65535 = no cap
 validators:             # dev validator keys by index: uid order = list order
   - {index: 0, stake: 50000}
 miners:                 # dev miner keys 0..count-1; miner i serves host:base_port+i
@@ -32,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from horde_common.chain import NOT_SERVING_IP, Hyperparameters, Neuron
+from horde_common.chain.models import DEFAULT_COMMIT_REVEAL_INTERVAL
 from horde_localnet import keys
 
 
@@ -52,6 +56,8 @@ class ChainParams(BaseModel):
     min_allowed_weights: int = Field(0, ge=0)
     max_weight_limit: int = Field(65535, ge=0, le=65535)
     weights_version: int = Field(0, ge=0)
+    # Subnet 12's legacy commit-reveal interval: two 361-block epochs (docs/weights.md §8).
+    commit_reveal_interval: int = Field(DEFAULT_COMMIT_REVEAL_INTERVAL, ge=0)
 
 
 class ValidatorSpec(BaseModel):
@@ -108,6 +114,7 @@ class LocalnetSpec(BaseModel):
             min_allowed_weights=c.min_allowed_weights,
             max_weight_limit=c.max_weight_limit,
             weights_version=c.weights_version,
+            commit_reveal_interval=c.commit_reveal_interval,
         )
 
     def build_neurons(self) -> list[Neuron]:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from horde_common.chain.models import Metagraph, SetWeightsResult
+from horde_common.chain.models import (
+    CommitResult,
+    Hyperparameters,
+    Metagraph,
+    RevealResult,
+    SetWeightsResult,
+)
 
 
 @runtime_checkable
@@ -49,4 +55,53 @@ class Chain(Protocol):
 
     async def commit_reveal_enabled(self, netuid: int) -> bool:
         """Whether weights on the subnet go through (timelocked) commit-reveal."""
+        ...
+
+    # --- legacy (salted) commit-reveal, `docs/weights.md` §5, §7, §8 ---
+
+    async def hyperparameters(self, netuid: int) -> Hyperparameters:
+        """All the subnet hyperparameters below in one read (one round trip)."""
+        ...
+
+    async def min_allowed_weights(self, netuid: int) -> int:
+        """`MinAllowedWeights`: fewest uids a (non-self) weight vector may name."""
+        ...
+
+    async def max_weight_limit(self, netuid: int) -> int:
+        """`MaxWeightsLimit` as the raw u16 (65535 = no cap); divide by 65535 for the fraction."""
+        ...
+
+    async def commit_reveal_interval(self, netuid: int) -> int:
+        """The legacy commit-reveal interval L in blocks: a commit made in `[kL, (k+1)L)` must be
+        revealed in `[(k+1)L, (k+2)L)`."""
+        ...
+
+    async def commit_weights(self, netuid: int, commit_hash: bytes | str, keypair: Any) -> CommitResult:
+        """Store `commit_hash` (32 bytes, or `0x`-hex) as the hotkey's pending weights commit.
+
+        The hash is `horde_common.chain.commit_hash.commit_hash(...)` over the weights to reveal
+        later. A refusal by the chain (commit-reveal disabled, already committed this interval,
+        not registered, ...) is `success=False` with the chain's message, not an error. A hash
+        that is not exactly 32 bytes raises `ValueError` before anything is sent.
+        """
+        ...
+
+    async def reveal_weights(
+        self,
+        netuid: int,
+        uids: Sequence[int],
+        values: Sequence[int],
+        salt: Sequence[int],
+        version_key: int,
+        keypair: Any,
+    ) -> RevealResult:
+        """Reveal the hotkey's pending commit: the chain re-hashes these and sets the weights.
+
+        `values` are the committed u16 integers (zeros allowed), `salt` the committed `Vec<u16>`
+        (the reference uses 8 ints 0..255; `bytes` works too). A refusal (no commit, hash
+        mismatch, outside the reveal interval, rate limit, too few weights, ...) is
+        `success=False` with the chain's message, not an error. Arguments the chain cannot
+        encode (mismatched lengths, an item outside u16, a version key outside u64) raise
+        `ValueError` before anything is sent.
+        """
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -9,18 +10,24 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from horde_common.chain.commit_hash import U16_MAX, U64_MAX, commit_hash_hex
 from horde_common.chain.local_models import (
     BlockInfo,
+    CommitWeightsRequest,
     ErrorBody,
     NeuronsUpdate,
+    PendingCommits,
+    RevealWeightsRequest,
     SetWeightsRequest,
     WeightsHistory,
 )
 from horde_common.chain.models import (
     ChainError,
+    CommitResult,
     Hyperparameters,
     Metagraph,
     Neuron,
+    RevealResult,
     SetWeightsResult,
     hotkey_signer,
     quantize_weights,
@@ -150,14 +157,71 @@ class LocalChainClient:
             nonce=uuid.uuid4().hex,
         )
         request.signature = "0x" + bytes(signer.sign(request.signing_payload())).hex()
-        path = f"/subnets/{int(netuid)}/weights"
+        answer = await self._submit(f"/subnets/{int(netuid)}/weights", request, SetWeightsResult)
+        if isinstance(answer, ErrorBody):
+            return SetWeightsResult(success=False, message=answer.message, code=answer.code)
+        return answer
+
+    async def _submit(self, path: str, request: BaseModel, model: type[M]) -> M | ErrorBody:
+        """POST a signed write. A 4xx `ErrorBody` is the chain refusing (returned, the caller
+        turns it into a `success=False` result); anything else that is not a 200 is an error."""
         response = await self._request("POST", path, json=request.model_dump())
         if response.status_code == 200:
-            return self._parse(response, SetWeightsResult, f"POST {path}")
+            return self._parse(response, model, f"POST {path}")
         body = _parse_error(response)
         if body is not None and 400 <= response.status_code < 500:
-            return SetWeightsResult(success=False, message=body.message, code=body.code)
+            return body
         raise self._error(response, f"POST {path}")
+
+    async def min_allowed_weights(self, netuid: int) -> int:
+        return (await self.hyperparameters(netuid)).min_allowed_weights
+
+    async def max_weight_limit(self, netuid: int) -> int:
+        return (await self.hyperparameters(netuid)).max_weight_limit
+
+    async def commit_reveal_interval(self, netuid: int) -> int:
+        return (await self.hyperparameters(netuid)).commit_reveal_interval
+
+    async def commit_weights(self, netuid: int, commit_hash: bytes | str, keypair: Any) -> CommitResult:
+        signer = hotkey_signer(keypair)
+        digest = commit_hash_hex(commit_hash)  # ValueError before any I/O, as the port says
+        request = CommitWeightsRequest(
+            netuid=netuid, hotkey=signer.ss58_address, commit_hash=digest, nonce=uuid.uuid4().hex
+        )
+        request.signature = "0x" + bytes(signer.sign(request.signing_payload())).hex()
+        answer = await self._submit(f"/subnets/{int(netuid)}/commits", request, CommitResult)
+        if isinstance(answer, ErrorBody):
+            return CommitResult(success=False, message=answer.message, code=answer.code)
+        return answer
+
+    async def reveal_weights(
+        self,
+        netuid: int,
+        uids: Sequence[int],
+        values: Sequence[int],
+        salt: Sequence[int],
+        version_key: int,
+        keypair: Any,
+    ) -> RevealResult:
+        signer = hotkey_signer(keypair)
+        if len(uids) != len(values):
+            raise ValueError(f"uids and values differ in length: {len(uids)} != {len(values)}")
+        if not 0 <= int(version_key) <= U64_MAX:
+            raise ValueError(f"version_key {version_key} is not a u64")
+        request = RevealWeightsRequest(
+            netuid=netuid,
+            hotkey=signer.ss58_address,
+            uids=_u16s("uids", uids),
+            values=_u16s("values", values),
+            salt=_u16s("salt", salt),  # bytes iterate as ints 0..255, the way the chain takes them
+            version_key=int(version_key),
+            nonce=uuid.uuid4().hex,
+        )
+        request.signature = "0x" + bytes(signer.sign(request.signing_payload())).hex()
+        answer = await self._submit(f"/subnets/{int(netuid)}/reveals", request, RevealResult)
+        if isinstance(answer, ErrorBody):
+            return RevealResult(success=False, message=answer.message, code=answer.code)
+        return answer
 
     # --- localnet extras (not part of the Chain port) ---
 
@@ -177,6 +241,11 @@ class LocalChainClient:
             params["hotkey"] = hotkey
         return await self._get(f"/subnets/{int(netuid)}/weights", WeightsHistory, params=params)
 
+    async def pending_commits(self, netuid: int, hotkey: str | None = None) -> PendingCommits:
+        """Legacy commits the simulator holds and that were not revealed yet."""
+        params = {"hotkey": hotkey} if hotkey is not None else None
+        return await self._get(f"/subnets/{int(netuid)}/commits", PendingCommits, params=params)
+
     async def replace_neurons(self, netuid: int, neurons: Sequence[Neuron]) -> Metagraph:
         """Scenario control: make `neurons` the subnet's whole metagraph."""
         path = f"/admin/subnets/{int(netuid)}/neurons"
@@ -185,6 +254,14 @@ class LocalChainClient:
         if response.status_code != 200:
             raise self._error(response, f"PUT {path}")
         return self._parse(response, Metagraph, f"PUT {path}")
+
+
+def _u16s(name: str, items: Sequence[int]) -> list[int]:
+    """The items as u16 ints; `ValueError` (`TypeError` for floats) for what the chain cannot encode."""
+    values = [operator.index(v) for v in items]
+    if any(not 0 <= v <= U16_MAX for v in values):
+        raise ValueError(f"{name} must all be u16 (0..65535)")
+    return values
 
 
 def _parse_error(response: httpx.Response) -> ErrorBody | None:

@@ -11,6 +11,10 @@ Both sides import these models, so a change here changes both at once. Endpoints
 - `POST /subnets/{netuid}/weights`   (`SetWeightsRequest`) -> `SetWeightsResult`, or an
   `ErrorBody` with a 4xx status when refused
 - `GET  /subnets/{netuid}/weights?hotkey=&limit=` -> `WeightsHistory`, newest last
+- `POST /subnets/{netuid}/commits`   (`CommitWeightsRequest`) -> `CommitResult`, or an `ErrorBody`
+  with a 4xx status when refused (legacy salted commit-reveal, `docs/weights.md` §8)
+- `POST /subnets/{netuid}/reveals`   (`RevealWeightsRequest`) -> `RevealResult`, or a 4xx `ErrorBody`
+- `GET  /subnets/{netuid}/commits?hotkey=` -> `PendingCommits` (commits not revealed yet)
 - `PUT  /admin/subnets/{netuid}/neurons` (`NeuronsUpdate`) -> `Metagraph` (scenario control)
 
 Every error answer is an `ErrorBody`.
@@ -19,6 +23,7 @@ Every error answer is an `ErrorBody`.
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,8 +57,66 @@ class SetWeightsRequest(BaseModel):
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _canonical_payload(model: BaseModel) -> bytes:
+    """Canonical JSON (sorted keys, no spaces) of every field but the signature."""
+    body = model.model_dump(exclude={"signature"})
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+class CommitWeightsRequest(BaseModel):
+    """A legacy weights commit, signed (sr25519, `0x`-hex) by `hotkey` over `signing_payload()`.
+
+    `call` names the extrinsic so a signature over one kind of request never verifies as another.
+    """
+
+    call: Literal["commit_weights"] = "commit_weights"
+    netuid: int = Field(ge=0, le=U16_MAX)
+    hotkey: str
+    commit_hash: str = Field(pattern=r"^0x[0-9a-f]{64}$")
+    nonce: str = Field(min_length=8, max_length=64)
+    signature: str = ""
+
+    def signing_payload(self) -> bytes:
+        return _canonical_payload(self)
+
+
+class RevealWeightsRequest(BaseModel):
+    """A legacy weights reveal (the committed u16 values and salt), signed like the commit."""
+
+    call: Literal["reveal_weights"] = "reveal_weights"
+    netuid: int = Field(ge=0, le=U16_MAX)
+    hotkey: str
+    uids: list[int]
+    values: list[int]
+    salt: list[int]
+    version_key: int = Field(0, ge=0)
+    nonce: str = Field(min_length=8, max_length=64)
+    signature: str = ""
+
+    def signing_payload(self) -> bytes:
+        return _canonical_payload(self)
+
+
+class PendingCommit(BaseModel):
+    """A commit the simulated chain holds and that has not been revealed yet."""
+
+    netuid: int
+    hotkey: str
+    commit_hash: str
+    block: int
+
+
+class PendingCommits(BaseModel):
+    commits: list[PendingCommit]
+
+
 class WeightsRecord(BaseModel):
-    """Weights as the simulated chain took them (u16 values)."""
+    """Weights as the simulated chain took them (u16 values).
+
+    `committed` with `reveal_block`: the weights were committed at `block` and took effect at
+    `reveal_block` (a timelocked commit the chain reveals, or a legacy commit the validator
+    revealed). Otherwise they were set directly at `block`.
+    """
 
     netuid: int
     hotkey: str

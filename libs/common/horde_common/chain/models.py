@@ -87,8 +87,46 @@ class SetWeightsResult(BaseModel):
     code: str | None = None
 
 
+class CommitResult(BaseModel):
+    """The outcome of one legacy `commit_weights` (a salted hash the validator reveals itself).
+
+    `commit_hash` is the `0x`-hex hash the chain took, `block` the block it was stored at. A
+    refusal is `success=False` with the chain's message and a `code` as in `SetWeightsResult`
+    (`commit_reveal_disabled`, `commit_not_allowed`, ...).
+    """
+
+    success: bool
+    message: str
+    block: int | None = None
+    commit_hash: str | None = None
+    code: str | None = None
+
+
+class RevealResult(BaseModel):
+    """The outcome of one legacy `reveal_weights`.
+
+    On success the revealed weights are set at `block`. A refusal is `success=False` with the
+    chain's message and a `code` (`no_commit`, `hash_mismatch`, `reveal_too_early`,
+    `reveal_too_late`, `rate_limited`, `invalid_argument`, ...).
+    """
+
+    success: bool
+    message: str
+    block: int | None = None
+    code: str | None = None
+
+
+DEFAULT_COMMIT_REVEAL_INTERVAL = 722
+"""Subnet 12's legacy commit-reveal interval in blocks (two 361-block epochs), `docs/weights.md` §8."""
+
+
 class Hyperparameters(BaseModel):
-    """The subnet hyperparameters the validator may care about."""
+    """The subnet hyperparameters the validator may care about.
+
+    `max_weight_limit` is the raw u16 (`MaxWeightsLimit`; 65535 = no cap). `commit_reveal_interval`
+    is the legacy commit-reveal interval in blocks: a commit made in interval k
+    (`[k*L, (k+1)*L)`) is revealed in interval k+1.
+    """
 
     netuid: int
     tempo: int
@@ -98,6 +136,7 @@ class Hyperparameters(BaseModel):
     min_allowed_weights: int = 0
     max_weight_limit: int = U16_MAX
     weights_version: int = 0
+    commit_reveal_interval: int = DEFAULT_COMMIT_REVEAL_INTERVAL
 
 
 @runtime_checkable
