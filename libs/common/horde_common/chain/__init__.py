@@ -1,7 +1,8 @@
 """The chain port and its two implementations.
 
 - `Chain`: the protocol the services use (`current_block`, `block_hash`, `metagraph`,
-  `set_weights`, `weights_rate_limit`, `commit_reveal_enabled`).
+  `set_weights`, `commit_weights`, `reveal_weights`, `hyperparameters`, `weights_rate_limit`,
+  `commit_reveal_enabled`, `min_allowed_weights`, `max_weight_limit`, `commit_reveal_interval`).
 - `LocalChainClient`: the localnet chain simulator over HTTP.
 - `BittensorChain`: the real chain through the bittensor 11 SDK (imported lazily: the SDK is slow
   to import and only production needs it).
@@ -18,10 +19,12 @@ from horde_common.chain.models import (
     NOT_SERVING_IP,
     U16_MAX,
     ChainError,
+    CommitResult,
     HotkeySigner,
     Hyperparameters,
     Metagraph,
     Neuron,
+    RevealResult,
     SetWeightsResult,
     hotkey_signer,
     quantize_weights,
@@ -37,11 +40,13 @@ __all__ = [
     "BittensorChain",
     "Chain",
     "ChainError",
+    "CommitResult",
     "HotkeySigner",
     "Hyperparameters",
     "LocalChainClient",
     "Metagraph",
     "Neuron",
+    "RevealResult",
     "SetWeightsResult",
     "hotkey_signer",
     "make_chain",
