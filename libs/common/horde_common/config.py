@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     DEBUG_DONT_STAGGER_VALIDATORS: bool = False
     # Miners per `batch.shard.requested` (one job-runner delivery); unset: one shard for all miners.
     SHARD_SIZE: int | None = Field(None, ge=1)
+    # How the weights service writes weights (docs/scoring.md §2.1): `auto` lets the chain decide between a
+    # direct set and its timelocked commit; `commit-reveal-v2` is the salted commit this validator reveals.
+    WEIGHTS_MODE: Literal["auto", "commit-reveal-v2"] = "auto"
 
     @field_validator("HOTKEY_SEED", mode="before")
     @classmethod

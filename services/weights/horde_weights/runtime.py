@@ -19,7 +19,7 @@ from horde_common.chain import Chain, make_chain
 from horde_common.service import ServiceContext
 from horde_common.service.startup import describe_error
 from horde_weights.reveal import RevealRun, reveal_once
-from horde_weights.service_settings import WeightsMode, WeightsServiceSettings
+from horde_weights.service_settings import WeightsMode, weights_mode
 from horde_weights.weights_run import RunOutcome, RunParams, WeightsRun, run_weights_once
 
 log = structlog.get_logger(__name__)
@@ -48,7 +48,7 @@ class WeightsRuntime:
 async def weights_runtime(ctx: ServiceContext) -> AsyncIterator[WeightsRuntime]:
     """`Dependency` opener: build the chain client from the settings, close it at stop."""
     chain = make_chain(ctx.settings, timeout=CHAIN_TIMEOUT_S)
-    mode = WeightsServiceSettings().mode
+    mode = weights_mode(ctx.settings)
     try:
         yield WeightsRuntime(chain=chain, mode=mode)
     finally:

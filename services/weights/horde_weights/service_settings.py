@@ -1,15 +1,12 @@
-"""The weights service's own environment settings (`docs/scoring.md` §2.1).
-
-`WEIGHTS_MODE` picks how weights reach the chain. It lives here rather than in the shared
-`Settings` only until that model grows the field; the environment variable is the same either way.
-"""
+"""How the weights service writes weights: `WEIGHTS_MODE` as a typed mode (`docs/scoring.md` §2.1)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+if TYPE_CHECKING:
+    from horde_common.config import Settings
 
 
 class WeightsMode(StrEnum):
@@ -20,13 +17,6 @@ class WeightsMode(StrEnum):
     COMMIT_REVEAL_V2 = "commit-reveal-v2"
 
 
-class WeightsServiceSettings(BaseSettings):
-    """Environment variables only the weights service reads (unknown variables are ignored)."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    WEIGHTS_MODE: Literal["auto", "commit-reveal-v2"] = "auto"
-
-    @property
-    def mode(self) -> WeightsMode:
-        return WeightsMode(self.WEIGHTS_MODE)
+def weights_mode(settings: Settings) -> WeightsMode:
+    """The mode `WEIGHTS_MODE` names (validated by `Settings`, so a bad value stops the service at start)."""
+    return WeightsMode(settings.WEIGHTS_MODE)
