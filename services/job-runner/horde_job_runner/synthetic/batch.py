@@ -1,39 +1,30 @@
-"""`run_shard`: one shard of a synthetic job batch, end to end (docs/miner-protocol.md §3.2–§3.12).
+"""`run_shard`: one shard of a synthetic job batch, end to end (docs/synthetic-batch.md).
 
-Stages, each recorded as a CHECKPOINT event (names follow the reference's):
+This module is the only one that knows the order of the phases; read `_Shard.stages` from top to
+bottom to follow a shard. Each phase is a function with typed inputs and a typed result, in the
+module named on its right (docs/synthetic-batch.md §1):
 
-1. `_db_get_previous_online_executor_count`: previous batch's online counts (for §3.15), the
-   batch uuid and the dynamic values.
-2. `_multi_get_miner_manifest`: connect + authenticate + first manifest per miner, all at once,
-   35 s each. As soon as one miner's manifest is in, its jobs start being generated in a worker
-   process, so generation overlaps the manifest wait instead of following it.
-3. `_get_total_executor_count`: capped counts; LLM executors get no jobs (INSUFFICIENT_PROMPTS).
-4. `_generate_jobs`: collect the generated jobs, register them with the sessions, shuffle.
-5. `_multi_send_initial_job_request`: stagger (`accept_deadline − spin-up(class)`), signed JobStarted
-   receipts, accept → JobAccepted receipt → ready/failed within each job's window.
-6. `_report_ready` / `_wait_for_release`: `batch.shard.ready`, then `batch.released` (or the
-   release deadline; with no scheduler, at once). Job requests are serialised before the wait.
-7. `_multi_send_job_request`: every ready job's `V0JobRequest`, one writer per miner, back to back
-   with a yield to the loop every few milliseconds; then wait `timeout + 120` for the answers.
-8. `_score_jobs`, `_send_job_finished_receipts`, `_multi_close_client`, `_db_persist`.
+    read_batch_start -> BatchStart          (batch_start)
+    open_links -> Links                     (shard_links)
+    collect_manifests -> ManifestOutcome    (manifests)
+    collect_jobs -> list[JobState]          (manifests)
+    spin_up -> SpinUpOutcome                (spin_up)
+    prepare_job_requests / publish_ready / wait_for_release / release_and_run -> ReleaseOutcome
+                                            (release)
+    score -> Scores, send_finished_receipts (finish)
+    build_rows -> ShardRows, persist -> PersistOutcome   (records)
 
-Timing rules (docs/performance.md lessons 1 and 4): every window is measured on the validator's
-monotonic clock from the moment *we* actually sent the request, never from a planned moment; an
-event-loop monitor records our own stalls, and a job that failed on time alone during such a stall
-is excluded from scoring (with a VALIDATOR_FAILURE event) instead of being blamed on the miner.
-Any other validator-side failure (a bug, a crash of one miner's reader, a stage that raised) is a
-VALIDATOR_FAILURE too: the affected jobs are stored with `excluded_from_scoring = true`, never as
-miner failures. Whatever happens, links are closed and everything is persisted in one transaction.
+The services a shard shares are created here and passed by name to the phases that need them
+(docs/synthetic-batch.md §2): `Signer`, `EventLog`, `Checkpoints`, `SendPacer` (`shard_services`),
+`JobLedger` (`ledger`: pending sets and exclusions), `LoopMonitor` (`loopmon`), the message counter;
+the links report to a `link_events.ShardListener`.
 
-Where each part lives (this module only puts them together):
-
-* `shard_state`: the fields of a run and the helpers every phase shares (events, checkpoints,
-  exclusions, the send pacer); `link_events`: what the links report (manifest, accept, ready, final).
-* `manifests`: connect, manifests and job collection (stages 2–4).
-* `spin_up`: the staggered initial requests and the spin-up wait (stage 5).
-* `release`: ready report, release wait and the job requests with their answers (stages 6–7).
-* `finish`: scoring and the JobFinished receipts (stage 8); `records`: the rows, telemetry, persist.
-* `message_ids`: the ids of the ready/completed messages.
+Timing rules (docs/performance.md lessons 1 and 4; docs/synthetic-batch.md §4): every window is
+measured on the validator's monotonic clock from the moment *we* actually sent the request; a job
+that failed on time alone during a stall of our event loop is excluded from scoring. Any
+validator-side failure is a VALIDATOR_FAILURE with the affected jobs excluded from scoring, never a
+miner failure (docs/synthetic-batch.md §5). Whatever happens, links are closed and everything is
+persisted in one transaction.
 """
 
 from __future__ import annotations
@@ -42,27 +33,47 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime
 
-from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS
-from horde_job_runner.synthetic.finish import FinishPhase
-from horde_job_runner.synthetic.manifests import ManifestPhase
+from horde_common.telemetry import SystemEventSubtype, SystemEventType
+from horde_job_runner.synthetic.batch_start import BatchStart, read_batch_start
+from horde_job_runner.synthetic.finish import score, send_finished_receipts
+from horde_job_runner.synthetic.ledger import JobLedger
+from horde_job_runner.synthetic.link_events import ManifestIntake, ShardListener
+from horde_job_runner.synthetic.loopmon import LoopMonitor
+from horde_job_runner.synthetic.manifests import (
+    ManifestOutcome,
+    collect_jobs,
+    collect_manifests,
+    report_insufficient_prompts,
+)
 from horde_job_runner.synthetic.message_ids import completed_message_id, ready_message_id
-from horde_job_runner.synthetic.model import BatchDeps, ShardRequest, ShardResult
-from horde_job_runner.synthetic.records import ShardRecords
-from horde_job_runner.synthetic.release import ReleasePhase
-from horde_job_runner.synthetic.shard_state import S, T
-from horde_job_runner.synthetic.spin_up import SpinUpPhase
+from horde_job_runner.synthetic.model import BatchDeps, DynamicValues, JobState, ShardRequest, ShardResult
+from horde_job_runner.synthetic.records import ShardFacts, build_rows, job_result, persist
+from horde_job_runner.synthetic.release import (
+    prepare_job_requests,
+    publish_ready,
+    release_and_run,
+    wait_for_release,
+)
+from horde_job_runner.synthetic.scoring import Scores
+from horde_job_runner.synthetic.shard_links import Links, close_links, open_links
+from horde_job_runner.synthetic.shard_services import Checkpoints, EventLog, SendPacer, Signer
+from horde_job_runner.synthetic.spin_up import spin_up
 
 __all__ = ["completed_message_id", "ready_message_id", "run_shard"]
 
 log = logging.getLogger(__name__)
 
-INSUFFICIENT_PROMPTS_EVERY_S = 24 * 3600.0
+T = SystemEventType
+S = SystemEventSubtype
 
-
-class ValidatorStageError(RuntimeError):
-    """Raised by a stage that cannot go on for a reason of ours."""
+# How often the debug command's live display gets fresh counts: often enough to look live, rarely
+# enough to cost nothing next to the batch.
+PROGRESS_EVERY_S = 0.25
+# How many of the loop's longest stalls the result's stats list (the bench prints them).
+LONGEST_STALLS = 5
 
 
 async def run_shard(request: ShardRequest, deps: BatchDeps) -> ShardResult:
@@ -72,146 +83,307 @@ async def run_shard(request: ShardRequest, deps: BatchDeps) -> ShardResult:
     batch: those are recorded). `result.persisted` is False only when every persistence attempt
     failed; the caller decides what to do then (the bus handler lets the message be redelivered).
     """
-    return await _ShardRun(request, deps).run()
+    return await _Shard(request, deps).run()
 
 
-class _ShardRun(ManifestPhase, SpinUpPhase, ReleasePhase, FinishPhase, ShardRecords):
-    """One shard run: the phases' mixins over one `ShardState`, driven stage by stage."""
+class _Shard:
+    """One shard run: its shared services, what each phase has produced so far, and their order.
+
+    The phase outcomes start empty and are filled in as the phases return, so that whatever stage
+    a shard fails at, what was done is closed, judged as a validator failure and persisted.
+    """
+
+    def __init__(self, request: ShardRequest, deps: BatchDeps) -> None:
+        self.request = request
+        self.deps = deps
+        self.t = deps.timeouts
+        self.clock = deps.clock
+        self.result = ShardResult(batch_id=request.batch_id, shard_index=request.shard_index)
+        # The shared services: each goes, by name, only to the phases that use it.
+        self.signer = Signer.from_keypair(deps.keypair)
+        self.events = EventLog(request.batch_id, self.clock)
+        self.checkpoints = Checkpoints(
+            self.events,
+            self.clock,
+            progress=deps.progress,
+            progress_counts=self._progress_counts,
+            fault=deps.fault,
+        )
+        self.ledger = JobLedger(self.events)
+        self.monitor = LoopMonitor(
+            interval=self.t.loop_monitor_interval,
+            threshold=self.t.loop_stall_threshold,
+            monotonic=self.clock.monotonic,
+        )
+        self.pacer = SendPacer(self.t.send_slice)
+        self.messages: Counter[str] = Counter()
+        # What the phases have produced so far.
+        self.start = BatchStart(dynamic=deps.dynamic or DynamicValues())
+        self.intake: ManifestIntake | None = None
+        self.links = Links()
+        self.manifests: ManifestOutcome | None = None
+        self.jobs: list[JobState] = []
+        self.accepting_results_until: datetime | None = None
+        self.scores: Scores | None = None
+        self.ready_published = False
+        self._start_mono = self.clock.monotonic()
 
     async def run(self) -> ShardResult:
+        """The stages, then (whatever happened in them) ready report, close and persist."""
         self.monitor.start()
-        ticker = self._spawn(self._progress_ticker()) if self.deps.progress is not None else None
+        ticker = asyncio.ensure_future(self._progress_ticker()) if self.deps.progress is not None else None
         try:
             try:
-                await self._stages()
+                await self.stages()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._shard_failure(exc)
             await self._publish_ready_if_needed()
-            await self._stage("_multi_close_client", hook=False)
-            await self._close_all()
-            await self._stage("_db_persist", hook=False)
+            await self.checkpoints.stage("_multi_close_client", hook=False)
+            await close_links(self.links, self.t.close)
+            await self.checkpoints.stage("_db_persist", hook=False)
             # Stored with the rows: the reference wrote BATCH_END after them, in a transaction of its own.
-            self._event(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_END", stage="BATCH_END")
+            self.events.record(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_END", stage="BATCH_END")
             await self._persist()
             self.result.stats["finished_mono"] = self.clock.monotonic()
         except asyncio.CancelledError:
-            await asyncio.shield(self._close_all())
+            await asyncio.shield(close_links(self.links, self.t.close))
             raise
         finally:
             if ticker is not None:
                 ticker.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            for task in self.gen_tasks.values():
-                task.cancel()
+            if self.intake is not None:
+                self.intake.cancel_generation()
             await self.monitor.stop()
-        self.result.jobs = [self._job_result(j) for j in self.jobs]
-        self.result.stats["stage_mono"] = dict(self.stage_mono)
-        self.result.stats["loop"] = self.monitor.profile()
-        origin = self.stage_mono.get("_multi_get_miner_manifest", self._start_mono)
-        stalls = [(a, b, c) for (a, b), c in zip(self.monitor.stalls, self.monitor.stall_cpu, strict=False)]
-        longest = sorted(stalls, key=lambda sbc: sbc[0] - sbc[1])[:5]
-        self.result.stats["longest_stalls"] = [
-            {"at": round(a - origin, 3), "s": round(b - a, 3), "cpu_s": round(c, 3)} for a, b, c in longest
-        ]
-        self.result.stats["pacer_yields"] = self.pacer.yields
-        self.result.stats["messages"] = dict(self.message_counts)
+        self._finish_result()
         return self.result
 
-    async def _progress_ticker(self) -> None:
-        progress = self.deps.progress
-        assert progress is not None
-        while True:
-            await asyncio.sleep(0.25)
-            with contextlib.suppress(Exception):
-                progress.counts(self._progress_counts())
+    async def stages(self) -> None:
+        """The phases in order (docs/synthetic-batch.md §1); a phase that raises ends the shard."""
+        request, deps, t, clock = self.request, self.deps, self.t, self.clock
+        stage = self.checkpoints.stage
+        self.events.record(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_BEGIN", stage="BATCH_BEGIN")
+        await stage("_db_get_previous_online_executor_count")
+        if deps.store is not None:
+            self.start = await read_batch_start(
+                deps.store, request, dynamic=deps.dynamic, db_timeout=t.db, events=self.events
+            )
+        if not request.miners:
+            return
+
+        self.intake = ManifestIntake(
+            self.events,
+            dynamic=self.start.dynamic,
+            job_factory=deps.job_factory,
+            weights_version=request.weights_version,
+            difficulty=deps.difficulty,
+        )
+        listener = ShardListener(
+            intake=self.intake,
+            ledger=self.ledger,
+            events=self.events,
+            signer=self.signer,
+            clock=clock,
+            messages=self.messages,
+            receipt_send_s=t.receipt_send,
+        )
+        self.links = open_links(list(request.miners), deps, signer=self.signer, listener=listener)
+
+        await stage("_multi_get_miner_manifest")
+        self.manifests = manifests = await collect_manifests(
+            self.links, self.intake, timeouts=t, events=self.events, ledger=self.ledger
+        )
+
+        await stage("_get_total_executor_count")
+        if manifests.llm_executor_count:
+            report_insufficient_prompts(
+                self.events,
+                manifests.llm_executor_count,
+                recently=self.start.insufficient_prompts_recently,
+            )
+        if manifests.job_executor_count == 0:
+            log.info("batch %s shard %s: no executors available", request.batch_id, request.shard_index)
+            return
+
+        await stage("_generate_jobs")
+        self.jobs = jobs = await collect_jobs(
+            manifests, self.links, timeouts=t, events=self.events, rng=deps.rng
+        )
+        if not jobs:
+            return
+
+        await stage("_multi_send_initial_job_request")
+        spun = await spin_up(
+            jobs,
+            self.links,
+            accept_deadline=request.accept_deadline,
+            timeouts=t,
+            clock=clock,
+            signer=self.signer,
+            ledger=self.ledger,
+            pacer=self.pacer,
+            messages=self.messages,
+        )
+
+        await stage("_report_ready")
+        ready = await prepare_job_requests(jobs, self.links, clock=clock, pacer=self.pacer)
+        self.ready_published = True
+        await publish_ready(deps.publish_ready, request, ready, events=self.events)
+
+        if ready:
+            await stage("_wait_for_release")
+            self.result.stats["release"] = await wait_for_release(
+                deps.release_waiter, request, clock=clock, timeouts=t
+            )
+            await stage("_multi_send_job_request")
+            self.accepting_results_until = clock.now()
+            released = await release_and_run(
+                ready,
+                self.links,
+                timeouts=t,
+                clock=clock,
+                ledger=self.ledger,
+                pacer=self.pacer,
+                messages=self.messages,
+                checkpoints=self.checkpoints,
+            )
+            self.result.stats.update(released.stats())
+
+        await stage("_score_jobs")
+        self.scores = score(
+            jobs,
+            self.links,
+            deadline_mono=spun.deadline_mono,
+            previous_online=self.start.previous_online,
+            dynamic=self.start.dynamic,
+            weights_version=request.weights_version,
+            monitor=self.monitor,
+            timeouts=t,
+            clock=clock,
+            events=self.events,
+            ledger=self.ledger,
+        )
+
+        await stage("_send_job_finished_receipts")
+        await send_finished_receipts(
+            jobs,
+            self.links,
+            signer=self.signer,
+            clock=clock,
+            timeouts=t,
+            pacer=self.pacer,
+            messages=self.messages,
+            events=self.events,
+        )
+
+    # ------------------------------------------------------------------ failure, ready, persist
 
     def _shard_failure(self, exc: BaseException) -> None:
+        """A stage raised: our VALIDATOR_FAILURE, and every job not yet scored is excluded."""
         log.error(
             "synthetic shard %s/%s failed", self.request.batch_id, self.request.shard_index, exc_info=exc
         )
-        self.aborted = True
         self.result.ok = False
         self.result.error = f"{type(exc).__name__}: {exc}"
         tb = "".join(traceback.format_exception(exc))[-4000:]
-        self._event(
+        self.events.record(
             T.VALIDATOR_FAILURE,
             S.GENERIC_ERROR,
             f"synthetic shard failed: {type(exc).__name__}: {exc}",
             traceback=tb,
             shard_index=self.request.shard_index,
         )
-        if not self.scored:
+        if self.scores is None:
             for job in self.jobs:
-                self._exclude_job(job, f"shard failed: {type(exc).__name__}: {exc}", "shard", event=False)
-
-    async def _stages(self) -> None:
-        request, deps = self.request, self.deps
-        self._event(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_BEGIN", stage="BATCH_BEGIN")
-        await self._stage("_db_get_previous_online_executor_count")
-        hotkeys = [m.hotkey for m in request.miners]
-        if deps.store is not None:
-            store = deps.store
-            async with asyncio.timeout(self.t.db):
-                batch_uuid = await store.batch_uuid(request.batch_id)
-                if batch_uuid is None:
-                    raise ValidatorStageError(f"batch {request.batch_id} does not exist")
-                self.batch_uuid = str(batch_uuid)
-                for e in self.events:  # the begin events were recorded before we knew the uuid
-                    if isinstance(e.data, dict):
-                        e.data["batch_uuid"] = self.batch_uuid
-                self.previous_online = await store.previous_online_counts(request.batch_id, hotkeys)
-                if deps.dynamic is None:
-                    self.dynamic = await store.dynamic_values()
-                self.insufficient_prompts_recently = await store.recent_event_exists(
-                    str(T.VALIDATOR_TELEMETRY),
-                    str(S.INSUFFICIENT_PROMPTS),
-                    timedelta(seconds=INSUFFICIENT_PROMPTS_EVERY_S),
+                self.ledger.exclude_job(
+                    job, f"shard failed: {type(exc).__name__}: {exc}", "shard", event=False
                 )
-        if not request.miners:
-            return
 
-        self._open_links()
+    async def _publish_ready_if_needed(self) -> None:
+        """A shard that ended early still tells the scheduler (0 ready) so the batch is not held up."""
+        if not self.ready_published:
+            self.ready_published = True
+            with contextlib.suppress(Exception):
+                await publish_ready(self.deps.publish_ready, self.request, [], events=self.events)
 
-        await self._stage("_multi_get_miner_manifest")
-        await self._manifests()
+    async def _persist(self) -> None:
+        store = self.deps.store
+        if store is None or not self.request.miners:
+            return  # no database, or no miners: nothing stored (docs/miner-protocol.md §3.2)
+        facts = ShardFacts(
+            validator_hotkey=self.signer.hotkey,
+            ok=self.result.ok,
+            stage_times=self.checkpoints.times,
+            stats=self.result.stats,
+            messages=self.messages,
+            loop_profile=self.monitor.profile(),
+            start_mono=self._start_mono,
+        )
+        rows = build_rows(
+            self.request,
+            self.jobs,
+            self.links,
+            counts=self.manifests.counts if self.manifests is not None else {},
+            scores=self.scores,
+            events=self.events,
+            accepting_results_until=self.accepting_results_until,
+            facts=facts,
+            clock=self.clock,
+        )
+        outcome = await persist(
+            store,
+            rows,
+            request=self.request,
+            events=self.events,
+            timeouts=self.t,
+            clock=self.clock,
+            sleep=self.deps.sleep,
+        )
+        if outcome.failures:
+            self.result.stats["persist_failures"] = outcome.failures
+        if outcome.persisted:
+            self.result.stats["persist_s"] = outcome.seconds
+            self.result.persisted = True
+        else:
+            self.result.ok = False
+            self.result.error = outcome.error
 
-        await self._stage("_get_total_executor_count")
-        llm = sum(c.get(LLM_EXECUTOR_CLASS, 0) for c in self.counts.values())
-        if llm:
-            await self._insufficient_prompts(llm)
-        total = sum(n for c in self.counts.values() for cls, n in c.items() if cls != LLM_EXECUTOR_CLASS)
-        if total == 0:
-            log.info("batch %s shard %s: no executors available", request.batch_id, request.shard_index)
-            return
+    # ------------------------------------------------------------------ result and progress
 
-        await self._stage("_generate_jobs")
-        await self._collect_jobs()
-        if not self.jobs:
-            return
+    def _finish_result(self) -> None:
+        """The jobs as the caller sees them, and the run's timing stats (the bench reads them)."""
+        stats = self.result.stats
+        self.result.jobs = [job_result(j) for j in self.jobs]
+        stats["stage_mono"] = dict(self.checkpoints.mono)
+        stats["loop"] = self.monitor.profile()
+        origin = self.checkpoints.mono.get("_multi_get_miner_manifest", self._start_mono)
+        monitor = self.monitor
+        stalls = [(a, b, c) for (a, b), c in zip(monitor.stalls, monitor.stall_cpu, strict=False)]
+        longest = sorted(stalls, key=lambda sbc: sbc[0] - sbc[1])[:LONGEST_STALLS]
+        stats["longest_stalls"] = [
+            {"at": round(a - origin, 3), "s": round(b - a, 3), "cpu_s": round(c, 3)} for a, b, c in longest
+        ]
+        stats["pacer_yields"] = self.pacer.yields
+        stats["messages"] = dict(self.messages)
 
-        await self._stage("_multi_send_initial_job_request")
-        await self._spin_up()
+    def _progress_counts(self) -> dict[str, int]:
+        jobs = self.jobs
+        return {
+            "miners": len(self.links),
+            "manifests": self.links.manifest_count,
+            "jobs": len(jobs),
+            "sent": sum(1 for j in jobs if j.initial_sent_mono is not None),
+            "accepted": sum(1 for j in jobs if j.accepted),
+            "ready": sum(1 for j in jobs if j.executor_ready),
+            "job_requests": sum(1 for j in jobs if j.job_before_sent_mono is not None),
+            "answers": sum(1 for j in jobs if j.has_final),
+        }
 
-        await self._stage("_report_ready")
-        ready = await self._prepare_job_requests()
-        await self._publish_ready(ready)
-
-        if ready:
-            await self._stage("_wait_for_release")
-            await self._wait_for_release()
-            await self._stage("_multi_send_job_request")
-            await self._job_requests(ready)
-
-        await self._stage("_score_jobs")
-        self._score()
-        self.scored = True
-
-        await self._stage("_send_job_finished_receipts")
-        await self._finished_receipts()
-
-    async def _close_all(self) -> None:
-        if self.links:
-            await asyncio.gather(*(link.close(self.t.close) for link in self.links), return_exceptions=True)
+    async def _progress_ticker(self) -> None:
+        progress = self.deps.progress
+        assert progress is not None
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            with contextlib.suppress(Exception):
+                progress.counts(self._progress_counts())

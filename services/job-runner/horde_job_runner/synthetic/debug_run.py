@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from horde_job_runner.synthetic.generation import ClassCounts, JobFactory
     from horde_job_runner.synthetic.model import BatchTimeouts, JobResult, ProgressListener, ShardResult
 
-Keypair = Any  # a bittensor sr25519 keypair (`horde_common.crypto.load_hotkey`)
+Keypair = Any  # a bittensor sr25519 keypair (`horde_common.wallet.load_hotkey`)
 
 __all__ = [
     "DebugBatch",

@@ -3,9 +3,9 @@
 A ticker sleeps `interval` seconds again and again; when it wakes up more than `threshold` late,
 the loop was blocked (CPU work on the loop, a GC pause, the host descheduling us) from the moment it
 should have woken up until it did. Every such stall is kept as an interval on the monotonic clock,
-so a job whose time window overlaps a stall can be excused instead of failed (reference
-measurements: the reference stored 12–37 % of a 512-job batch as "timed out" because of its own
-1.5 s send stall).
+so a job whose time window overlaps a stall can be excused instead of failed (docs/synthetic-batch.md
+§4; docs/performance.md: the reference counted 12–37 % of a 512-job batch as miner timeouts because
+of its own send stall).
 """
 
 from __future__ import annotations

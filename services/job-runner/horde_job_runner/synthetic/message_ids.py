@@ -1,4 +1,5 @@
-"""Message ids of a shard's `batch.shard.ready` / `batch.shard.completed`, derived from its request.
+"""Message ids of a shard's `batch.shard.ready` / `batch.shard.completed`, derived from its request
+(docs/synthetic-batch.md §1).
 
 Derived rather than random so that a re-sent ready/completed message is deduplicated by its
 consumer instead of being counted twice.

@@ -1,4 +1,9 @@
-"""The values a shard run works with: its request, its injected dependencies, per-job state, result."""
+"""The values a shard run works with: its request, its injected dependencies, per-job state, result.
+
+Also `ShardStore`, what a shard needs from a database (docs/synthetic-batch.md §7): declared here as
+a protocol so that this module, which every part of the package imports, never imports the
+Postgres implementation (`persistence.BatchStore`), which itself imports this module.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from horde_common.bus.messages import BatchShardReady, BatchShardRequested, MinerEndpoint
@@ -29,9 +34,9 @@ from horde_job_runner.synthetic.transport import (
 )
 
 if TYPE_CHECKING:
-    from horde_job_runner.synthetic.persistence import BatchStore
+    from horde_job_runner.synthetic.shard_rows import ShardRows
 
-Keypair = Any  # a bittensor sr25519 keypair (`horde_common.crypto.load_hotkey`)
+Keypair = Any  # a bittensor sr25519 keypair (`horde_common.wallet.load_hotkey`)
 
 __all__ = [
     "BatchDeps",
@@ -43,6 +48,7 @@ __all__ = [
     "ReleaseWaiter",
     "ShardRequest",
     "ShardResult",
+    "ShardStore",
     "SystemClock",
 ]
 
@@ -193,6 +199,22 @@ class DynamicValues:
         )
 
 
+class ShardStore(Protocol):
+    """What `run_shard` reads from and writes to the database (`persistence.BatchStore` in production)."""
+
+    async def batch_uuid(self, batch_id: int) -> uuid.UUID | None: ...
+
+    async def previous_online_counts(
+        self, batch_id: int, hotkeys: Iterable[str]
+    ) -> dict[str, dict[str, int]]: ...
+
+    async def dynamic_values(self) -> DynamicValues: ...
+
+    async def recent_event_exists(self, type_: str, subtype: str, within: timedelta) -> bool: ...
+
+    async def persist(self, rows: ShardRows, *, fast: bool = True) -> None: ...
+
+
 SessionFactory = Callable[[MinerEndpoint, JobRegistry], MinerSession]
 FaultHook = Callable[[str], Awaitable[None] | None]
 
@@ -207,7 +229,7 @@ class BatchDeps:
     """
 
     keypair: Keypair
-    store: BatchStore | None
+    store: ShardStore | None
     dynamic: DynamicValues | None = None
     difficulty: HashcatDifficulty | str = HashcatDifficulty.PRODUCTION
     timeouts: BatchTimeouts = field(default_factory=BatchTimeouts)

@@ -1,4 +1,7 @@
-"""What a shard reads from and writes to Postgres (docs/miner-protocol.md §3.3, §3.12).
+"""What a shard reads from and writes to Postgres (docs/miner-protocol.md §3.3, §3.12;
+docs/synthetic-batch.md §7).
+
+`BatchStore` implements `model.ShardStore`; this module imports the model, never the other way round.
 
 A shard's results are written in ONE transaction (docs/performance.md lesson 5: the reference
 spent ~1.15 s of CPU on per-row ORM work at 512 jobs). Either all of it is stored or none. How:
@@ -22,7 +25,6 @@ import json
 import operator
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,9 +42,10 @@ from horde_common.db.models import (
     SyntheticJobBatch,
     SystemEvent,
 )
-from horde_common.telemetry import SystemEventRecord, SystemEventSubtype, SystemEventType, record_events_bulk
+from horde_common.telemetry import SystemEventSubtype, SystemEventType, record_events_bulk
 from horde_common.telemetry.events import emit_events, event_rows
 from horde_job_runner.synthetic.model import DynamicValues
+from horde_job_runner.synthetic.shard_rows import ShardRows
 
 __all__ = ["BatchStore", "ShardRows", "shard_marker_exists"]
 
@@ -55,39 +58,16 @@ _CHUNK = 1000
 SMALL_SHARD_ROWS = 1500
 
 
-@dataclass
-class ShardRows:
-    """Everything a shard writes, ready for bulk inserts."""
-
-    batch_id: int
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    manifests: list[dict[str, Any]] = field(default_factory=list)
-    started_receipts: list[dict[str, Any]] = field(default_factory=list)
-    accepted_receipts: list[dict[str, Any]] = field(default_factory=list)
-    finished_receipts: list[dict[str, Any]] = field(default_factory=list)
-    events: list[SystemEventRecord] = field(default_factory=list)
-    accepting_results_until: datetime | None = None
-    complete_batch: bool = False  # debug batches: mark the batch completed too
-
-    @property
-    def row_count(self) -> int:
-        return (
-            len(self.jobs)
-            + len(self.manifests)
-            + len(self.started_receipts)
-            + len(self.accepted_receipts)
-            + len(self.finished_receipts)
-            + len(self.events)
-        )
-
-
 def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
     for i in range(0, len(rows), _CHUNK):
         yield rows[i : i + _CHUNK]
 
 
 class BatchStore:
-    """The shard's database access, on its own short transactions (never the bus handler's)."""
+    """The shard's database access, on its own short transactions (never the bus handler's).
+
+    The Postgres implementation of `model.ShardStore` (what `run_shard` needs from a store).
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, service: str = "job-runner") -> None:
         self.sessions = sessions

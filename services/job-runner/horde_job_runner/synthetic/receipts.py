@@ -47,7 +47,8 @@ __all__ = [
 
 Signer = Callable[[str], str]
 
-# The JobAccepted receipt's ttl: fixed at MAX_EXECUTOR_TIMEOUT (360) in the reference [quirk 7]. Kept:
+# The JobAccepted receipt's ttl: fixed at MAX_EXECUTOR_TIMEOUT (360) in the reference
+# (docs/miner-protocol.md quirk B.7). Kept:
 # miners store it, and the value has no effect on the batch.
 ACCEPTED_RECEIPT_TTL = MAX_EXECUTOR_TIMEOUT
 

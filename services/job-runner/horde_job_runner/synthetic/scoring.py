@@ -1,13 +1,15 @@
 """Pure rules of a batch: manifest capping, per-job verdicts and the manifest ("dance") multiplier.
 
-Spec A §3.4–§3.5 (counting and capping), §3.10 (scoring each job), §3.15 (multiplier). Plain values
-in, plain values out: no clock, no I/O.
+docs/miner-protocol.md §3.4–§3.5 (counting and capping), §3.10 (scoring each job), §3.15 (multiplier);
+how the shard applies them: docs/synthetic-batch.md §3–§5. Plain values in, plain values out: no
+clock, no I/O.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
@@ -19,6 +21,8 @@ __all__ = [
     "CappedCounts",
     "FinalKind",
     "JobVerdict",
+    "NoFinalReason",
+    "Scores",
     "Verifier",
     "cap_executor_counts",
     "cap_manifest",
@@ -173,7 +177,7 @@ def score_job(
     verify: Verifier | None = None,
     before_job_request: bool = False,
 ) -> JobVerdict:
-    """Spec A §3.10, steps 1–6, for one job.
+    """docs/miner-protocol.md §3.10, steps 1–6, for one job.
 
     `time_took` is (validator receive time of the final response − validator time just before the
     job request was sent), or None when the job request was never sent. `before_job_request` says
@@ -208,3 +212,15 @@ def score_job(
     if not correct:
         return JobVerdict(False, False, comment, 0.0)
     return JobVerdict(True, True, comment, float(score))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What scoring found beyond each job's own verdict: the online (successful) executors per
+    miner and class, stored with the manifests and read by the next batch's multiplier."""
+
+    online: Mapping[str, Counter[str]] = field(default_factory=dict)
+
+    def online_count(self, hotkey: str, executor_class: str) -> int:
+        counts = self.online.get(hotkey)
+        return counts[executor_class] if counts is not None else 0
