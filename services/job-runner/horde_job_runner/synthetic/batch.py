@@ -214,6 +214,9 @@ class _Shard:
             return
 
         await stage("_multi_send_initial_job_request")
+        if deps.on_initial_send is not None:
+            async with asyncio.timeout(t.db):
+                await deps.on_initial_send()
         spun = await spin_up(
             jobs,
             self.links,

@@ -226,6 +226,10 @@ class BatchDeps:
     `store=None` runs without a database (nothing is read or written: tests of the flow only).
     `dynamic=None` reads `DynamicValues` from the database (through the store) at the start.
     `fault` is called with each stage name as the stage starts (tests inject failures and stalls).
+    `on_initial_send` is awaited once, just before the first initial job request goes to any miner:
+    the bus handler records it on the shard's lease row, so a redelivery after a crash can tell a
+    shard that never reached a miner (run it again) from one that did (never send a second set). If
+    it raises, nothing is sent and the shard fails as ours.
     """
 
     keypair: Keypair
@@ -244,6 +248,7 @@ class BatchDeps:
     publish_ready: Callable[[BatchShardReady], Awaitable[None]] | None = None
     progress: ProgressListener | None = None
     fault: FaultHook | None = None
+    on_initial_send: Callable[[], Awaitable[None]] | None = None
     service: str = "job-runner"
 
 
