@@ -418,7 +418,7 @@ def test_authenticate_request_verifies_like_the_miner_checks_it() -> None:
 
 @pytest.mark.parametrize("microsecond", [0, 1, 120000, 999999])
 def test_receipts_verify_after_a_miner_style_reparse(microsecond: int) -> None:
-    """Spec A §7 #2: the miner re-parses the payload and re-serialises it before verifying."""
+    """docs/miner-protocol.md §1.7: the miner re-parses the payload and re-serialises it before verifying."""
     keypair = keypair_from_seed("//horde-validator-0")
     t = datetime(2024, 11, 28, 10, 0, 1, microsecond, tzinfo=UTC)
     common = {"job_uuid": JOB_UUID, "miner_hotkey": "5Fminer", "validator_hotkey": keypair.ss58_address}

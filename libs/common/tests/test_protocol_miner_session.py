@@ -350,7 +350,7 @@ def test_first_final_response_is_kept_verbatim() -> None:
 
 
 def test_final_response_before_the_job_request_is_flagged_out_of_order() -> None:
-    """Spec A §6 #18: the original scores it "out of order job response"."""
+    """docs/miner-protocol.md §2.7: the original scores it "out of order job response"."""
     session = started(J1)
     session.receive(frame(ACCEPT, J1), at(1))
     event = only(session.receive(failed(J1, None), at(2)).events, JobFailed)

@@ -1,7 +1,8 @@
 """Synthetic batch shards end to end: real sockets against the miner simulator, real Postgres.
 
-Spec A §7 (acceptance behaviours) and §6 (edge cases). Every test uses its own dev-miner indices,
-so the "previous batch" of the manifest multiplier (§3.15) is always the test's own. Timeouts are
+The behaviours of docs/synthetic-batch.md and docs/miner-protocol.md §3. Every test uses its own
+dev-miner indices, so the "previous batch" of the manifest multiplier (docs/miner-protocol.md §3.3) is
+always the test's own. Timeouts are
 shrunk through `BatchTimeouts`; nothing sleeps to synchronise.
 """
 

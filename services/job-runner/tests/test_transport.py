@@ -135,7 +135,7 @@ async def test_connect_succeeds_when_the_miner_comes_up(recorder_factory) -> Non
 
 
 async def test_first_frame_is_a_signed_authentication(recorder_factory) -> None:  # type: ignore[no-untyped-def]
-    """Spec A §7.1: the URL carries our hotkey and the first frame is a verifiable V0AuthenticateRequest."""
+    """docs/miner-protocol.md §1.2 and §1.6: the URL carries our hotkey and the first frame is a verifiable V0AuthenticateRequest."""
     rec = await recorder_factory(Recorder())
     validator = keys.validator_keypair(0)
     miner_hotkey = keys.miner_keypair(0).ss58_address

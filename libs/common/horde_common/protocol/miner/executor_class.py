@@ -23,7 +23,7 @@ class ExecutorClass(StrEnum):
 DEFAULT_EXECUTOR_CLASS = ExecutorClass.SPIN_UP_4MIN_GPU_24GB
 LLM_EXECUTOR_CLASS = ExecutorClass.ALWAYS_ON_LLM_A6000
 
-# The miner's reservation cap, and the fixed `ttl` of JobAccepted receipts [quirk 7].
+# The miner's reservation cap, and the fixed `ttl` of JobAccepted receipts (docs/miner-protocol.md §2.4.2).
 MAX_EXECUTOR_TIMEOUT = 360
 # The default class's spin-up time.
 DEFAULT_EXECUTOR_TIMEOUT = 240
