@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # How the weights service writes weights (docs/scoring.md §2.1): `auto` lets the chain decide between a
     # direct set and its timelocked commit; `commit-reveal-v2` is the salted commit this validator reveals.
     WEIGHTS_MODE: Literal["auto", "commit-reveal-v2"] = "auto"
+    # Comma-separated SS58 hotkeys whose V2 job-request signatures we accept (docs/organic.md §1.6);
+    # empty: every V2 request is refused. The gateway parses it at start (`parse_signers`): a typo stops it.
+    FACILITATOR_V2_SIGNERS: str = ""
 
     @field_validator("HOTKEY_SEED", mode="before")
     @classmethod
