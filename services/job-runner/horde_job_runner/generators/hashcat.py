@@ -34,7 +34,7 @@ from horde_common.config import HashcatDifficulty
 
 from .base import PRESET_NVIDIA_ALL, Entropy, JobGenerator, Verdict, Volume
 from .hashcat_crypto import answer_for, fernet_encrypt, fernet_key, hashers, single_file_zip_b64
-from .hashcat_passwords import ALPHANUMERIC, DIGITS, random_passwords, salted_hash_list
+from .hashcat_passwords import ALPHANUMERIC, DIGITS, HashParams, random_passwords, salted_hash_list
 from .hashcat_script import V1_SCRIPT, V2_SCRIPT
 
 __all__ = [
@@ -78,22 +78,6 @@ SHA384 = HashAlgorithm("SHA384", "10810", "sha384")
 SHA512 = HashAlgorithm("SHA512", "1710", "sha512")
 ALGORITHMS: tuple[HashAlgorithm, ...] = (SHA256, SHA384, SHA512)
 """All algorithms in spec order; also the v0 choice by `UTC hour % 3`."""
-
-
-@dataclass(frozen=True, slots=True)
-class HashParams:
-    timeout: int
-    num_letters: int
-    num_digits: int
-    num_hashes: int
-
-    @property
-    def password_length(self) -> int:
-        return self.num_letters + self.num_digits
-
-    @property
-    def keyspace(self) -> int:
-        return len(ALPHANUMERIC) ** self.num_letters * len(DIGITS) ** self.num_digits
 
 
 class HashcatFlavour(IntEnum):

@@ -11,18 +11,39 @@ import operator
 import random
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from .base import random_chars
 
-if TYPE_CHECKING:
-    from .hashcat import HashParams
-
-__all__ = ["ALPHANUMERIC", "DIGITS", "random_passwords", "salted_hash_list"]
+__all__ = ["ALPHANUMERIC", "DIGITS", "HashParams", "random_passwords", "salted_hash_list"]
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 """Characters of the "letters" positions: all 62 alphanumerics (hashcat charset `?l?d?u`)."""
 DIGITS = string.digits
+
+
+@dataclass(frozen=True, slots=True)
+class HashParams:
+    """One hashcat job's size: its time budget, password shape and how many hashes to crack.
+
+    Lives with the password code that reads it (and `hashcat` imports it), so neither module needs
+    the other for its types.
+    """
+
+    timeout: int
+    num_letters: int
+    num_digits: int
+    num_hashes: int
+
+    @property
+    def password_length(self) -> int:
+        return self.num_letters + self.num_digits
+
+    @property
+    def keyspace(self) -> int:
+        return len(ALPHANUMERIC) ** self.num_letters * len(DIGITS) ** self.num_digits
+
 
 _HEXDIGEST = operator.methodcaller("hexdigest")
 
