@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -30,6 +30,7 @@ from horde_common.protocol.miner import (
     GenericError,
     ProtocolError,
     V0AuthenticateRequest,
+    V0ExecutorManifestRequest,
     V0InitialJobRequest,
     V0JobAcceptedReceiptRequest,
     V0JobFinishedReceiptRequest,
@@ -39,10 +40,39 @@ from horde_common.protocol.miner import (
 )
 
 from .behaviours import Behaviour
+from .jobs import MinerJob
 
-if TYPE_CHECKING:
-    from .jobs import MinerJob
-    from .miner import SimulatedMiner
+
+class MinerHost(Protocol):
+    """What a connection needs of its miner (`miner.SimulatedMiner` is one). Declared here so this
+    module never imports the miner module, which imports it."""
+
+    index: int
+    received: list[tuple[str, str]]
+
+    @property
+    def behaviour(self) -> Behaviour: ...
+
+    def is_known(self, validator_hotkey: str) -> bool: ...
+
+    def check_auth(self, msg: V0AuthenticateRequest, url_hotkey: str) -> str | None: ...
+
+    def manifest(self) -> V0ExecutorManifestRequest: ...
+
+    def register(self, conn: ValidatorConnection) -> None: ...
+
+    def on_opened(self, conn: ValidatorConnection) -> None: ...
+
+    async def on_authenticated(self, conn: ValidatorConnection) -> None: ...
+
+    def on_initial_job_request(self, conn: ValidatorConnection, msg: V0InitialJobRequest) -> None: ...
+
+    async def on_job_request(self, conn: ValidatorConnection, msg: V0JobRequest) -> None: ...
+
+    def on_accepted_receipt(self, conn: ValidatorConnection, msg: V0JobAcceptedReceiptRequest) -> None: ...
+
+    def on_finished_receipt(self, conn: ValidatorConnection, msg: V0JobFinishedReceiptRequest) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +92,7 @@ def garbage_frames(job_uuid: str | None) -> Iterable[str | bytes]:
 class ValidatorConnection:
     """One validator connection; `serial` is the miner's connection count when it opened (1, 2, ...)."""
 
-    def __init__(self, miner: SimulatedMiner, ws: ServerConnection, validator: str, serial: int) -> None:
+    def __init__(self, miner: MinerHost, ws: ServerConnection, validator: str, serial: int) -> None:
         self.miner = miner
         self.ws = ws
         self.validator = validator

@@ -15,16 +15,13 @@ In both modes an outcome that no connection took stays undelivered until the nex
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from horde_common.protocol.miner import V0ExecutorReadyRequest
 
 from .behaviours import Behaviour, ReconnectMode
 from .config import READY_RESEND_MAX_AGE, REJOIN_MAX_AGE, MinerConfig
-from .jobs import ACTIVE_STATES, ExecutorPool, JobState, MinerJob
-
-if TYPE_CHECKING:
-    from .connection import ValidatorConnection
+from .jobs import ACTIVE_STATES, ExecutorPool, JobState, MinerJob, ValidatorLink
 
 
 class JobDelivery:
@@ -33,7 +30,7 @@ class JobDelivery:
     config: MinerConfig
     pool: ExecutorPool
     jobs: dict[tuple[str, str], MinerJob]
-    _authenticated: dict[str, ValidatorConnection]
+    _authenticated: dict[str, ValidatorLink]
 
     def _notify(self) -> None:
         raise NotImplementedError
@@ -52,7 +49,7 @@ class JobDelivery:
 
     # --------------------------------------------------------------------------- connection events
 
-    def on_opened(self, conn: ValidatorConnection) -> None:
+    def on_opened(self, conn: ValidatorLink) -> None:
         """A known validator's connection opened, nothing read yet. Mode `real`: join its unfinished jobs."""
         if not self.real_reconnects:
             return
@@ -71,19 +68,19 @@ class JobDelivery:
             job.listeners.add(conn)
         self._notify()
 
-    def register(self, conn: ValidatorConnection) -> None:
+    def register(self, conn: ValidatorLink) -> None:
         """From now on, `send_to(conn.validator)` (and in mode `legacy` every job message of that
         validator) goes out on `conn`; called after the manifest is sent."""
         self._authenticated[conn.validator] = conn
 
-    def on_closed(self, conn: ValidatorConnection) -> None:
+    def on_closed(self, conn: ValidatorLink) -> None:
         if self._authenticated.get(conn.validator) is conn:
             del self._authenticated[conn.validator]
         for job in self.jobs_of(conn.validator):
             job.listeners.discard(conn)
         self._notify()
 
-    async def on_authenticated(self, conn: ValidatorConnection) -> None:
+    async def on_authenticated(self, conn: ValidatorLink) -> None:
         """After the manifest and the queued messages: re-deliver what this validator missed."""
         legacy = not self.real_reconnects
         now = time.monotonic()
@@ -104,7 +101,7 @@ class JobDelivery:
 
     # ------------------------------------------------------------------------------------- sending
 
-    def targets(self, job: MinerJob, *, origin_only: bool = False) -> list[ValidatorConnection]:
+    def targets(self, job: MinerJob, *, origin_only: bool = False) -> list[ValidatorLink]:
         """The open connections that hear `job`'s messages now (see the module docstring)."""
         if not self.real_reconnects:
             conn = self._authenticated.get(job.validator_hotkey)
@@ -122,7 +119,7 @@ class JobDelivery:
         *,
         origin_only: bool = False,
         garbage: bool = True,
-        to: list[ValidatorConnection] | None = None,
+        to: list[ValidatorLink] | None = None,
     ) -> bool:
         """Send a message about `job` to its `targets` (or `to`); True if at least one took it."""
         sent = False
@@ -132,7 +129,7 @@ class JobDelivery:
             sent = await conn.send(message) or sent
         return sent
 
-    async def deliver_outcome(self, job: MinerJob, *, to: list[ValidatorConnection] | None = None) -> None:
+    async def deliver_outcome(self, job: MinerJob, *, to: list[ValidatorLink] | None = None) -> None:
         if job.outcome is None or job.outcome_delivered:
             return
         job.outcome_delivered = True  # claimed before the await: never sent twice concurrently

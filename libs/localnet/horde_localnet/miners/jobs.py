@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from horde_common.protocol.miner import (
     ExecutorClass,
@@ -21,8 +21,26 @@ from horde_common.protocol.miner import (
     V0JobRequest,
 )
 
-if TYPE_CHECKING:
-    from .connection import ValidatorConnection
+
+class ValidatorLink(Protocol):
+    """What the job code needs of one validator connection (`connection.ValidatorLink` is one).
+
+    Declared here, next to the jobs that use it, so the job modules never import the connection
+    module and the connection module can import them.
+    """
+
+    validator: str
+    serial: int
+    deferred_ready: list[MinerJob]
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def send(self, message: Any) -> bool: ...
+
+    async def send_garbage(self, job_uuid: str | None) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class JobState(StrEnum):
@@ -94,8 +112,8 @@ class MinerJob:
     notify: Callable[[], None] = field(default=lambda: None, repr=False)
     # Reconnect mode `real`: the connection that carried the initial request (accept/decline go
     # there) and every open connection that joined the job (its later messages go to all of them).
-    origin: ValidatorConnection | None = field(default=None, repr=False)
-    listeners: set[ValidatorConnection] = field(default_factory=set, repr=False)
+    origin: ValidatorLink | None = field(default=None, repr=False)
+    listeners: set[ValidatorLink] = field(default_factory=set, repr=False)
 
     def set_state(self, state: JobState) -> None:
         """Move the job to `state`; raises `IllegalTransition` (changing nothing) for a move that

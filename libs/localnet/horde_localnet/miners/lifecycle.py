@@ -12,7 +12,7 @@ import base64
 import logging
 import os
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from horde_common.protocol.miner import (
     MAX_EXECUTOR_TIMEOUT,
@@ -37,11 +37,8 @@ from horde_common.protocol.miner import (
 from .behaviours import Behaviour
 from .config import SIMULATED_SPECS, Runner
 from .delivery import JobDelivery
-from .jobs import JobState, MinerJob
+from .jobs import JobState, MinerJob, ValidatorLink
 from .solver import ExecutionResult, execute
-
-if TYPE_CHECKING:
-    from .connection import ValidatorConnection
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +57,7 @@ class JobLifecycle(JobDelivery):
 
     # ------------------------------------------------------------------------------ initial request
 
-    def on_initial_job_request(self, conn: ValidatorConnection, msg: V0InitialJobRequest) -> None:
+    def on_initial_job_request(self, conn: ValidatorLink, msg: V0InitialJobRequest) -> None:
         key = (conn.validator, msg.job_uuid)
         self.take_receipt(msg.job_started_receipt_payload, msg.job_started_receipt_signature, conn.validator)
         if key in self.jobs:
@@ -108,7 +105,7 @@ class JobLifecycle(JobDelivery):
 
     # ---------------------------------------------------------------------------------- job request
 
-    async def on_job_request(self, conn: ValidatorConnection, msg: V0JobRequest) -> None:
+    async def on_job_request(self, conn: ValidatorLink, msg: V0JobRequest) -> None:
         job = self.jobs.get((conn.validator, msg.job_uuid))
         if job is not None and self.real_reconnects and conn not in job.listeners:
             job = None  # the real miner knows only the jobs this connection joined
@@ -188,10 +185,10 @@ class JobLifecycle(JobDelivery):
 
     # ------------------------------------------------------------------------------------- receipts
 
-    def on_accepted_receipt(self, conn: ValidatorConnection, msg: V0JobAcceptedReceiptRequest) -> None:
+    def on_accepted_receipt(self, conn: ValidatorLink, msg: V0JobAcceptedReceiptRequest) -> None:
         self.take_receipt(msg.payload, msg.signature, conn.validator)
 
-    def on_finished_receipt(self, conn: ValidatorConnection, msg: V0JobFinishedReceiptRequest) -> None:
+    def on_finished_receipt(self, conn: ValidatorLink, msg: V0JobFinishedReceiptRequest) -> None:
         if self.take_receipt(msg.payload, msg.signature, conn.validator) is None:
             return
         job = self.jobs.get((conn.validator, msg.payload.job_uuid))

@@ -46,7 +46,7 @@ from .config import (
     run_in_thread,
 )
 from .connection import ValidatorConnection
-from .jobs import ExecutorPool, JobState, MinerJob
+from .jobs import ExecutorPool, JobState, MinerJob, ValidatorLink
 from .lifecycle import JobLifecycle
 from .receipts import RECEIPTS_PATH, VALIDATOR_PATH, check_and_sign, http_response, receipts_csv
 
@@ -102,7 +102,7 @@ class SimulatedMiner(JobLifecycle):
         self.rejected_receipts: list[tuple[str, str]] = []  # (receipt type, reason)
         self.received: list[tuple[str, str]] = []  # (validator hotkey, message type), in arrival order
         self.connection_count = 0
-        self._authenticated: dict[str, ValidatorConnection] = {}
+        self._authenticated: dict[str, ValidatorLink] = {}
         self._connections: set[ValidatorConnection] = set()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
