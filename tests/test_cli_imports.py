@@ -41,7 +41,17 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
     assert loaded_after("import horde_cli.main", HEAVY + ALSO_LAZY) == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["debug", "--help"], ["localnet", "--help"], ["batches", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["debug", "--help"],
+        ["localnet", "--help"],
+        ["batches", "--help"],
+        ["weights", "--help"],
+        ["debug", "set-scores", "--help"],
+    ],
+)
 def test_help_loads_no_heavy_library(argv: list[str]) -> None:
     code = (
         "import contextlib, io\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -158,10 +159,36 @@ def batches_show(
         raise typer.Exit(1)
 
 
+@app.command()
+def weights(
+    # A screenful by default, as `horde batches`.
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many, newest first")] = 10,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """The newest weights writes: batch, mode, block, status, reveal state, times."""
+    from horde_cli.batches import BatchesError, print_error
+    from horde_cli.weights import print_list
+
+    try:
+        print_list(_console(), _settings().database_url, limit, json_output)
+    except BatchesError as exc:
+        print_error(_err(), str(exc))
+        raise typer.Exit(1) from None
+
+
 @localnet_app.command("up")
 def localnet_up(
     detach: Annotated[bool, typer.Option(help="return once everything is ready")] = False,
     block_interval: Annotated[float, typer.Option(help="seconds per simulated block")] = 0.2,
+    job_runners: Annotated[
+        int, typer.Option(min=1, help="job-runner replicas (shards spread over them)")
+    ] = 1,
+    metagraph: Annotated[
+        Path | None, typer.Option(help="localnet metagraph YAML (miners, behaviours; default: packaged)")
+    ] = None,
+    lease_ttl: Annotated[
+        float | None, typer.Option(hidden=True, min=0.1, help="tests: job-runners' shard lease TTL, s")
+    ] = None,
 ) -> None:
     """Migrate, then start the chain and miner simulators and all five services."""
     import dataclasses
@@ -176,18 +203,28 @@ def localnet_up(
         err.print("[yellow]a localnet is already running; `horde localnet down` first[/]")
         raise typer.Exit(1)
     topo = dataclasses.replace(DEFAULT_TOPOLOGY, block_interval=block_interval)
+    if metagraph is not None:
+        topo = dataclasses.replace(topo, metagraph_path=metagraph.resolve())
     migrate()
-    specs = localnet.children(topo)
-    procs = localnet.start_children(specs, localnet.localnet_env(topo))
-    localnet.save_state(procs)
+    specs = localnet.children(topo, job_runners=job_runners, lease_ttl_s=lease_ttl)
+    procs: dict[str, Any] = {}
+    ok, why = True, ""
     try:
         with console.status("starting localnet…") as spinner:
-            ok, why = localnet.wait_ready(
-                specs,
-                procs,
-                topo.host,
-                lambda ready: spinner.update(f"starting localnet… {len(ready)}/{len(specs)} ready"),
-            )
+            for stage in localnet.start_stages(specs):
+                procs.update(localnet.start_children(stage, localnet.localnet_env(topo)))
+                localnet.save_state(procs)
+                done = len(procs) - len(stage)
+                ok, why = localnet.wait_ready(
+                    stage,
+                    procs,
+                    topo.host,
+                    lambda ready, done=done: spinner.update(
+                        f"starting localnet… {done + len(ready)}/{len(specs)} ready"
+                    ),
+                )
+                if not ok:
+                    break
     except KeyboardInterrupt:  # Ctrl-C while starting: stop what was started, leave nothing behind
         ok, why = False, "interrupted"
     if not ok:
@@ -195,7 +232,7 @@ def localnet_up(
         localnet.stop_pids({n: p.pid for n, p in procs.items()})
         localnet.STATE_FILE.unlink(missing_ok=True)
         raise typer.Exit(1)
-    console.print(_where_table(topo))
+    console.print(_where_table(topo, job_runners))
     if detach:
         console.print("running in the background; stop with [bold]horde localnet down[/]")
         return
@@ -240,7 +277,7 @@ def _down(pids: dict[str, int]) -> None:
     console.print(", ".join(f"{n}: {o}" for n, o in outcome.items()))
 
 
-def _where_table(topo: Topology) -> Table:
+def _where_table(topo: Topology, job_runners: int = 1) -> Table:
     from rich.table import Table
 
     from horde_cli import localnet
@@ -253,6 +290,9 @@ def _where_table(topo: Topology) -> Table:
     table.add_row("miners", f"{topo.miner_count} on ws://{topo.host}:{topo.miner_base_port}..{last}")
     for name, port in SERVICE_PORTS.items():
         table.add_row(name, f"http://{topo.host}:{port}  (/readyz /metrics /debug/)")
+    for i in range(2, job_runners + 1):
+        port = localnet.REPLICA_BASE_PORT + i
+        table.add_row(f"job-runner-{i}", f"http://{topo.host}:{port}  (/readyz /metrics /debug/)")
     table.add_row("debug token", localnet.LOCALNET_DEBUG_TOKEN)
     table.add_row("logs", str(localnet.LOG_DIR) + "/")
     return table
@@ -272,6 +312,19 @@ def debug_run_synthetic_jobs(
     from horde_cli.debug_synthetic import run_synthetic_jobs_command
 
     run_synthetic_jobs_command(json_output)
+
+
+@debug_app.command("set-scores")
+def debug_set_scores(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="preview only: write nothing")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """Score the eligible batch now: uid, score, weight, u16. Without --dry-run, one weights run."""
+    from horde_cli.weights import set_scores_command
+
+    code = set_scores_command(_console(), _err(), _settings(), dry_run=dry_run, as_json=json_output)
+    if code:
+        raise typer.Exit(code)
 
 
 if __name__ == "__main__":
