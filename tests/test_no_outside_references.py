@@ -20,7 +20,7 @@ THIS_FILE = Path(__file__).resolve().relative_to(REPO).as_posix()
 OUTSIDE_REFERENCES: dict[str, re.Pattern[str]] = {
     "../shared": re.compile(r"\.\./shared"),
     "shared/spec": re.compile(r"shared/spec"),
-    "a lettered spec section": re.compile(r"\bspec [ABC]\b", re.IGNORECASE),
+    "a lettered spec section": re.compile(r"\b(?i:spec) [ABC]\b"),
     "a numbered quirk of the brief": re.compile(r"\[quirk \d+\]"),
     "ARCHITECTURE.md": re.compile(r"ARCHITECTURE\.md"),
     "reference-measurements.md": re.compile(r"reference-measurements\.md"),
