@@ -37,6 +37,8 @@ app.add_typer(debug_app, name="debug")
 # `horde batches` lists, `horde batches show <id>` details: the group itself runs the list.
 batches_app = typer.Typer(help="Synthetic job batches, read from the database.", rich_markup_mode=None)
 app.add_typer(batches_app, name="batches")
+s3_app = typer.Typer(help="The two cross-validation S3 buckets: provision, check.", **HELP_STYLE)
+app.add_typer(s3_app, name="s3")
 
 
 @functools.cache
@@ -325,6 +327,48 @@ def debug_set_scores(
     code = set_scores_command(_console(), _err(), _settings(), dry_run=dry_run, as_json=json_output)
     if code:
         raise typer.Exit(code)
+
+
+@s3_app.command("provision")
+def s3_provision(
+    prompts_bucket: Annotated[str, typer.Argument(help="bucket of prompt series")],
+    answers_bucket: Annotated[str, typer.Argument(help="bucket of workloads and answers")],
+    create_user: Annotated[
+        bool, typer.Option("--create-user", help="also an IAM user limited to the two buckets, and its key")
+    ] = False,
+    region: Annotated[str | None, typer.Option(help="default: AWS_DEFAULT_REGION, else us-east-1")] = None,
+    user_name: Annotated[str, typer.Option(help="the IAM user of --create-user")] = "horde-validator",
+) -> None:
+    """Create both buckets (public read) with the AWS_* credentials; print the .env lines."""
+    # docs/crossval.md §5
+    from horde_cli.s3 import DEFAULT_REGION, ProvisionError, print_provisioned, provision
+
+    settings = _settings()
+    where = region or settings.AWS_DEFAULT_REGION or DEFAULT_REGION
+    try:
+        done = provision(
+            settings, prompts_bucket, answers_bucket, where, create_user=create_user, user_name=user_name
+        )
+    except ProvisionError as exc:
+        _err().print(f"[red]provisioning failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    print_provisioned(_console(), done)
+
+
+@s3_app.command("check")
+def s3_check() -> None:
+    """Presigned upload, public and presigned download in both buckets; exit 1 if any fails."""
+    # docs/crossval.md §6
+    import asyncio
+
+    from horde_cli.s3 import check, check_table
+    from horde_common.s3 import endpoint_url
+
+    settings = _settings()
+    rows = asyncio.run(check(settings))
+    _console().print(check_table(rows, endpoint_url(settings)))
+    if not all(row.ok for row in rows):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
