@@ -4,8 +4,7 @@ The cross-validator prepares prompt samples and their trusted answers; the job-r
 samples to miners' LLM jobs and checks what they return. Both sides must agree on the solver
 command (the answers are only comparable when the sampling parameters match), on the layout of the
 answers file, on how answers are compared, on when samples may be taken and on how they are
-consumed, so those rules live here once (docs/crossval-logic.md, "Prompt series, sampling and
-answering").
+consumed, so those rules live here once (docs/crossval.md §7).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ ANSWERS_MISSING = "result does not contain all answers"
 ANSWERS_MISMATCH = "results does not match expected answers"
 
 # The solver image and sampling parameters. The trusted answers and the miners' answers are only
-# comparable because both runs use exactly these (docs/crossval-logic.md, "Answering").
+# comparable because both runs use exactly these (docs/crossval.md §7.4).
 SOLVER_IMAGE = "docker.io/backenddevelopersltd/compute-horde-prompt-solver:v0-latest"
 SOLVER_SAMPLING_ARGS: tuple[str, ...] = ("--temperature=0.5", "--top-p=0.8", "--max-tokens=256")
 # A solver run takes about 42 s; 48 s is that plus 15 %. It is the LLM synthetic job's limit and
@@ -132,7 +131,7 @@ def check_answers(expected: Sequence[ExpectedPrompt], answers: Mapping[str, str]
 
 
 class SampleState(StrEnum):
-    """Where a prompt sample is in its life (docs/crossval-logic.md, "Trusted miner and parameters")."""
+    """Where a prompt sample is in its life (docs/crossval.md §7.1)."""
 
     UNANSWERED = "unanswered"  # its workload has no trusted answers yet
     READY = "ready"  # answered and not yet given to a miner

@@ -1,5 +1,5 @@
 """The cross-validation rules both services share: answer check, sample taking and consumption,
-the answers file, the solver command and the once-a-day rule (docs/crossval-logic.md)."""
+the answers file, the solver command and the once-a-day rule (docs/crossval.md §7)."""
 
 from __future__ import annotations
 

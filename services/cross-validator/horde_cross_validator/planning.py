@@ -1,7 +1,7 @@
 """When the cross-validator generates, samples and answers prompts (pure: counts in, decisions out).
 
 The periodic loops read counts from the database, ask these functions what to do, then do it
-(docs/crossval-logic.md, "Prompt series, sampling and answering"). Nothing here reads a clock or a
+(docs/crossval.md §7). Nothing here reads a clock or a
 database: times and counts are passed in, so every rule is tested with plain values.
 """
 

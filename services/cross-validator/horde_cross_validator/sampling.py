@@ -1,6 +1,5 @@
 """Prompt sampling and trusted answers, the pure part: seeds, picking prompts, workload files and
-matching the trusted miner's answers to the workload's prompts (docs/crossval-logic.md, "Prompt series,
-sampling and answering").
+matching the trusted miner's answers to the workload's prompts (docs/crossval.md §7).
 
 Sampling is sans-I/O: `SamplingRun` is fed one series at a time (its lines, or None when the
 download failed) and hands back a full workload to upload; the caller uploads it, persists it and

@@ -1,5 +1,4 @@
-"""When to generate, sample and answer prompts (docs/crossval-logic.md, "Prompt series, sampling and
-answering"): thresholds, the §3.4 worked examples as counts, the answering budget, and the
+"""When to generate, sample and answer prompts (docs/crossval.md §7): thresholds, the worked examples (docs/crossval.md §7.3) as counts, the answering budget, and the
 once-a-day TRUSTED_MINER_NOT_CONFIGURED rule."""
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Sampling prompts into workloads and matching trusted answers (docs/crossval-logic.md, "Prompt series,
-sampling and answering"): the worked examples, the reference's draws, and properties."""
+"""Sampling prompts into workloads and matching trusted answers (docs/crossval.md §7): the worked examples, the reference's draws, and properties."""
 
 from __future__ import annotations
 
