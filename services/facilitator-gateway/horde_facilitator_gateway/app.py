@@ -1,6 +1,9 @@
-"""Wiring of the facilitator gateway: bus handlers, the facilitator link loop and debug views.
+"""Wiring of the facilitator gateway: the facilitator link (a per-instance dependency and its loop),
+the status-update handler and the `/debug/link` view (docs/organic.md, "Facilitator gateway").
 
-The facilitator link arrives with its issue; until then status updates are acknowledged and logged.
+Job requests from the facilitator become `organic_jobs` rows and `organic.job.requested` messages
+(through the outbox, in `jobs.py`); `organic.job.status` messages from the job-runner become
+`V0JobStatusUpdate` frames.
 """
 
 from __future__ import annotations
@@ -8,18 +11,33 @@ from __future__ import annotations
 import structlog
 
 from horde_common.bus import BusRouter, HandlerContext
-from horde_common.bus.messages import OrganicJobStatus
-from horde_common.service import ServiceSpec
+from horde_common.bus.messages import OrganicJobRequested, OrganicJobStatus
+from horde_common.service import Dependency, ServiceSpec
 from horde_common.service_ports import SERVICE_PORTS
+from horde_facilitator_gateway.link import FacilitatorLink, facilitator_link, link_loop, link_view
 
 log = structlog.get_logger(__name__)
 router = BusRouter()
 
 
-@router.handler("facilitator-gateway.organic.job.status", publishes=())
+@router.handler("facilitator-gateway.organic.job.status", publishes=(), long_running=True)
 async def on_organic_job_status(msg: OrganicJobStatus, ctx: HandlerContext) -> None:
-    """An organic job changed state; forwarding to the facilitator lands with the organic issue."""
-    log.info("organic.job.status", job_uuid=str(msg.job_uuid), status=msg.status)
+    """Forward a job's status to the facilitator; acked only once the frame was written to an
+    authenticated socket. While the link is down the handler waits a bounded time, then raises so
+    the message is retried with backoff. `long_running`: that wait holds no database connection."""
+    await ctx.dependency(FacilitatorLink).send_status(msg)
+    log.info("organic.job.status_sent", job_uuid=str(msg.job_uuid), status=msg.status)
 
 
-SPEC = ServiceSpec(name="facilitator-gateway", port=SERVICE_PORTS["facilitator-gateway"], router=router)
+SPEC = ServiceSpec(
+    name="facilitator-gateway",
+    port=SERVICE_PORTS["facilitator-gateway"],
+    router=router,
+    dependencies=[Dependency(FacilitatorLink, facilitator_link)],
+    loops=[link_loop],
+    debug_views={"link": link_view},
+    publishes_outside_handlers={
+        OrganicJobRequested: "`link_loop` (outbox row with the `organic_jobs` row of each new facilitator job)",
+    },
+    needs_hotkey=True,  # authenticates to the facilitator with the validator hotkey (docs/organic.md §1.3)
+)

@@ -1,0 +1,161 @@
+"""Status updates waiting for the facilitator link, in order (docs/organic.md, "Facilitator gateway").
+
+Each `organic.job.status` delivery puts its update here and waits, bounded, until the link wrote
+it to an authenticated socket; only then is the bus message acknowledged. Order:
+
+* pending updates go out oldest first by the message's `sent_at` (the job-runner's creation time),
+  so updates that piled up while the link was down drain in the order they were made, whatever
+  order the concurrent deliveries reached the handler in;
+* an update that gives up waiting goes back to the bus for a later retry. Pending updates of the
+  same job that are newer give up with it, and newer ones arriving later are refused until it was
+  sent (at most `BLOCK_S`), so no later update of a job overtakes an earlier one. Jobs are
+  independent: one job's stuck update never holds back another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from horde_common.bus.messages import OrganicJobStatus
+from horde_common.protocol.facilitator import JobStatus, MinerResponse
+
+BLOCK_S: Final = 300.0
+"""How long a job's newer updates wait behind one that went back to the bus. Its retries take about
+a minute before the bus dead-letters it; after this the block lapses, so a dead-lettered update
+cannot silence its job for ever."""
+
+
+class LinkUnavailable(Exception):
+    """No authenticated connection in time: the caller leaves its bus message unacknowledged."""
+
+
+def miner_response(msg: OrganicJobStatus) -> MinerResponse | None:
+    """The status's miner response, with the fields the facilitator requires filled when missing."""
+    if msg.miner_response is None:
+        return None
+    base = {
+        "job_uuid": str(msg.job_uuid),
+        "message_type": None,
+        "docker_process_stderr": "",
+        "docker_process_stdout": "",
+    }
+    return MinerResponse.model_validate(base | msg.miner_response)
+
+
+@dataclass(order=True)
+class PendingUpdate:
+    """One update waiting to be written; ordered by creation time, then arrival."""
+
+    sent_at: datetime
+    seq: int
+    job_uuid: uuid.UUID = field(compare=False)
+    status: JobStatus = field(compare=False)
+    comment: str = field(compare=False)
+    miner_response: MinerResponse | None = field(compare=False)
+    done: asyncio.Future[None] = field(compare=False, repr=False)
+    writing: bool = field(default=False, compare=False)
+
+
+class StatusQueue:
+    """The pending updates of one link: `submit` waits for the write, the link's drainer writes."""
+
+    def __init__(self) -> None:
+        self._heap: list[PendingUpdate] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        # job uuid -> (sent_at of its update that went back to the bus, monotonic time the block lapses)
+        self._blocked: dict[uuid.UUID, tuple[datetime, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @property
+    def blocked_jobs(self) -> int:
+        return len(self._blocked)
+
+    async def submit(self, msg: OrganicJobStatus, wait_s: float, write_s: float) -> None:
+        """Queue `msg` and return once it was written; `LinkUnavailable` after `wait_s` (plus up to
+        `write_s` if its write had begun) or when an older update of its job is being retried."""
+        blocked = self._blocked.get(msg.job_uuid)
+        if blocked is not None:
+            if time.monotonic() >= blocked[1]:
+                del self._blocked[msg.job_uuid]
+            elif msg.sent_at > blocked[0]:
+                raise LinkUnavailable("an earlier update of this job is waiting to be retried")
+        update = PendingUpdate(
+            sent_at=msg.sent_at,
+            seq=next(self._seq),
+            job_uuid=msg.job_uuid,
+            status=JobStatus(msg.status),
+            comment=msg.comment or "",
+            miner_response=miner_response(msg),
+            done=asyncio.get_running_loop().create_future(),
+        )
+        heapq.heappush(self._heap, update)
+        self._changed.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(update.done), wait_s)
+            return
+        except TimeoutError:
+            pass
+        if update.writing:  # the write began just now: let it finish (bounded by the send timeout)
+            try:
+                await asyncio.wait_for(asyncio.shield(update.done), write_s)
+                return
+            except TimeoutError:
+                pass
+        self._give_up(update)
+        raise LinkUnavailable(f"no authenticated facilitator connection within {wait_s} s")
+
+    def _give_up(self, update: PendingUpdate) -> None:
+        """Drop `update` and this job's newer pending updates; block the job's newer arrivals."""
+        lapse = time.monotonic() + BLOCK_S
+        previous = self._blocked.get(update.job_uuid)
+        oldest = min(previous[0], update.sent_at) if previous else update.sent_at
+        self._blocked[update.job_uuid] = (oldest, lapse)
+        keep: list[PendingUpdate] = []
+        for other in self._heap:
+            if other is update:
+                continue
+            if other.job_uuid == update.job_uuid and other.sent_at >= update.sent_at and not other.writing:
+                other.done.set_exception(LinkUnavailable("an earlier update of this job gave up waiting"))
+                continue
+            keep.append(other)
+        heapq.heapify(keep)
+        self._heap = keep
+        if not update.done.done():
+            update.done.cancel()
+
+    async def next(self) -> PendingUpdate:
+        """The oldest pending update, marked as being written (waits while there is none)."""
+        while True:
+            while self._heap:
+                update = heapq.heappop(self._heap)
+                if not update.done.done():
+                    update.writing = True
+                    return update
+            self._changed.clear()
+            await self._changed.wait()
+
+    def written(self, update: PendingUpdate) -> None:
+        """The frame is on the socket: the waiting delivery may be acknowledged."""
+        update.writing = False
+        blocked = self._blocked.get(update.job_uuid)
+        if blocked is not None and update.sent_at <= blocked[0]:
+            del self._blocked[update.job_uuid]  # the update that blocked its job went out
+        if not update.done.done():
+            update.done.set_result(None)
+
+    def put_back(self, update: PendingUpdate) -> None:
+        """The write failed: the update waits for the next connection, in its place."""
+        update.writing = False
+        if not update.done.done():
+            heapq.heappush(self._heap, update)
+            self._changed.set()
