@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Comma-separated SS58 hotkeys whose V2 job-request signatures we accept (docs/organic.md §1.6);
     # empty: every V2 request is refused. The gateway parses it at start (`parse_signers`): a typo stops it.
     FACILITATOR_V2_SIGNERS: str = ""
+    # Sent to the facilitator as X-Validator-Version / X-Validator-Runner-Version (docs/organic.md §1.2).
+    VALIDATOR_VERSION: str | None = None
+    VALIDATOR_RUNNER_VERSION: str | None = None
 
     @field_validator("HOTKEY_SEED", mode="before")
     @classmethod

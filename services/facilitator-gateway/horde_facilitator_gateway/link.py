@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from horde_common.bus.messages import OrganicJobStatus
+from horde_common.config import Settings
 from horde_common.protocol.facilitator import (
     MAX_FRAME_BYTES,
     FacilitatorSession,
@@ -77,12 +77,11 @@ class LinkConfig:
     rng: random.Random = field(default_factory=random.Random)
 
 
-def version_headers() -> dict[str, str]:
-    """The upgrade request's version headers (docs/organic.md §1.2), `unknown` when unset. Read
-    from the environment like the original, as the settings have no field for them yet."""
+def version_headers(settings: Settings) -> dict[str, str]:
+    """The upgrade request's version headers (docs/organic.md §1.2), `unknown` when unset."""
     return {
-        "X-Validator-Version": os.environ.get("VALIDATOR_VERSION") or "unknown",
-        "X-Validator-Runner-Version": os.environ.get("VALIDATOR_RUNNER_VERSION") or "unknown",
+        "X-Validator-Version": settings.VALIDATOR_VERSION or "unknown",
+        "X-Validator-Runner-Version": settings.VALIDATOR_RUNNER_VERSION or "unknown",
     }
 
 
@@ -363,7 +362,7 @@ async def facilitator_link(ctx: ServiceContext) -> AsyncIterator[FacilitatorLink
     config = LinkConfig(
         uri=ctx.settings.FACILITATOR_URI,
         signers=parse_signers(ctx.settings.FACILITATOR_V2_SIGNERS),
-        headers=version_headers(),
+        headers=version_headers(ctx.settings),
     )
     relay = ctx.broker.relay if ctx.broker is not None else None
     link = FacilitatorLink(
