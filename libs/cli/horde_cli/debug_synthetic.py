@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from horde_common.bus.messages import MinerEndpoint
     from horde_job_runner.synthetic.debug_run import DebugBatch
+    from horde_job_runner.synthetic.generation_pool import GenerationPool
 
 __all__ = ["EXIT_ALL_MINERS_FAILED", "run_synthetic_jobs_command"]
 
@@ -139,10 +140,13 @@ def _import_modules() -> None:
     import_modules(ENGINE_MODULES)
 
 
-async def _run(settings: Settings, keypair: Any, miners: list[MinerEndpoint]) -> DebugBatch:
+async def _run(
+    settings: Settings, keypair: Any, miners: list[MinerEndpoint], pool: GenerationPool
+) -> DebugBatch:
     """Connect to the miners first (`EarlyDial`), then, while they authenticate and send their
     manifests: logging, the database (created if missing: the batch migrates it), the batch's
-    imports and its row. All on one loop, so the batch starts without a second loop's set-up."""
+    imports and its row. All on one loop, so the batch starts without a second loop's set-up.
+    Jobs beyond a few are built in `pool` (the command's: it stops it)."""
     from horde_job_runner.synthetic.debug_dial import EarlyDial
 
     dial = EarlyDial(keypair, miners)
@@ -155,7 +159,12 @@ async def _run(settings: Settings, keypair: Any, miners: list[MinerEndpoint]) ->
 
         from horde_cli import database
         from horde_common.telemetry import configure_logging
-        from horde_job_runner.synthetic.debug_run import BATCH_MODULES, import_modules, run_debug_batch
+        from horde_job_runner.synthetic.debug_run import (
+            BATCH_MODULES,
+            SmallBatchJobFactory,
+            import_modules,
+            run_debug_batch,
+        )
 
         # The rest of the batch's modules while the database is checked (and created if missing).
         # (the batch's engine then checks the schema while they finish: see `debug_run._run`).
@@ -172,7 +181,14 @@ async def _run(settings: Settings, keypair: Any, miners: list[MinerEndpoint]) ->
         if not ok:
             raise _DatabaseUnreachable(why)
         with Live("starting…", console=err, transient=True, refresh_per_second=8) as live:
-            return await run_debug_batch(settings, keypair, miners, progress=_Progress(live), early_dial=dial)
+            return await run_debug_batch(
+                settings,
+                keypair,
+                miners,
+                progress=_Progress(live),
+                job_factory=SmallBatchJobFactory(pool),
+                early_dial=dial,
+            )
     finally:
         if prefetch is not None:  # a thread cannot be cancelled: never leave it behind
             with contextlib.suppress(Exception):
@@ -199,8 +215,11 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
         _err().print(f"[red]config error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
+    from horde_job_runner.synthetic.generation_pool import GenerationPool
+
+    pool = GenerationPool()  # the command's generator workers (started only for a batch of many jobs)
     try:
-        batch = asyncio.run(_run(settings, keypair, miners))
+        batch = asyncio.run(_run(settings, keypair, miners, pool))
     except _DatabaseUnreachable as exc:
         _err().print(f"[red]database unreachable:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_NOT_RUN) from None
@@ -208,9 +227,7 @@ def run_synthetic_jobs_command(json_output: bool) -> None:
         _err().print(f"[red]the batch could not run:[/] {type(exc).__name__}: {exc}", highlight=False)
         raise typer.Exit(EXIT_NOT_RUN) from None
     finally:
-        from horde_job_runner.synthetic.generation import shutdown_pool
-
-        shutdown_pool()  # no generator worker may outlive the command
+        pool.shutdown()  # no generator worker may outlive the command
 
     err = _err()
     jobs = [j.as_json() for j in batch.jobs]

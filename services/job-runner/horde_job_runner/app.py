@@ -17,6 +17,7 @@ from horde_common.db.retention import prune_receipts
 from horde_common.service import Dependency, ServiceSpec
 from horde_common.service.housekeeping import housekeeping_loop
 from horde_common.service_ports import SERVICE_PORTS
+from horde_job_runner.synthetic.generation_pool import GenerationPool, open_generation_pool
 from horde_job_runner.synthetic.handler import (
     JobRunnerRuntime,
     active_shards_view,
@@ -65,7 +66,11 @@ SPEC = ServiceSpec(
     name="job-runner",
     port=SERVICE_PORTS["job-runner"],
     router=router,
-    dependencies=[Dependency(JobRunnerRuntime, job_runner_runtime)],
+    # The pool first: the runtime takes it, and it closes after the runtime (reverse order).
+    dependencies=[
+        Dependency(GenerationPool, open_generation_pool),
+        Dependency(JobRunnerRuntime, job_runner_runtime),
+    ],
     publishes_outside_handlers={
         # Published by the running shard itself (not its handler's return): the scheduler's release
         # barrier must hear it while the handler is still waiting for `batch.released`.

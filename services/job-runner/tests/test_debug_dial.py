@@ -16,7 +16,7 @@ from horde_common.bus.messages import MinerEndpoint
 from horde_common.crypto import keypair_from_seed
 from horde_job_runner.synthetic.debug_dial import EarlyDial
 from horde_job_runner.synthetic.debug_run import SmallBatchJobFactory
-from horde_job_runner.synthetic.generation import pool_worker_pids, shutdown_pool
+from horde_job_runner.synthetic.generation_pool import GenerationPool
 from horde_job_runner.synthetic.transport import miner_url
 from horde_localnet import keys
 
@@ -142,21 +142,24 @@ async def test_close_closes_the_connections_nobody_took() -> None:
 
 
 async def test_a_few_jobs_are_built_without_the_process_pool() -> None:
-    await asyncio.to_thread(shutdown_pool)  # whatever an earlier test of this process started
-    jobs = await SmallBatchJobFactory().generate("5Miner", [("always_on.gpu-24gb", 8)], 1, "localnet")
-    assert len(jobs) == 8
-    assert pool_worker_pids() == []
+    pool = GenerationPool()
+    try:
+        jobs = await SmallBatchJobFactory(pool).generate("5Miner", [("always_on.gpu-24gb", 8)], 1, "localnet")
+        assert len(jobs) == 8
+        assert pool.worker_pids() == []
+    finally:
+        await asyncio.to_thread(pool.shutdown)
 
 
 async def test_jobs_beyond_the_inline_budget_go_to_the_pool() -> None:
     from horde_job_runner.synthetic.debug_run import INLINE_MAX_JOBS
 
-    await asyncio.to_thread(shutdown_pool)
-    factory = SmallBatchJobFactory()
+    pool = GenerationPool()
+    factory = SmallBatchJobFactory(pool)
     try:
         first = await factory.generate("5A", [("always_on.gpu-24gb", INLINE_MAX_JOBS)], 1, "localnet")
-        assert len(first) == INLINE_MAX_JOBS and pool_worker_pids() == []
+        assert len(first) == INLINE_MAX_JOBS and pool.worker_pids() == []
         more = await factory.generate("5B", [("always_on.gpu-24gb", 1)], 1, "localnet")
-        assert len(more) == 1 and pool_worker_pids() != []
+        assert len(more) == 1 and pool.worker_pids() != []
     finally:
-        await asyncio.to_thread(shutdown_pool)
+        await asyncio.to_thread(pool.shutdown)

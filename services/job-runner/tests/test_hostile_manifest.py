@@ -64,8 +64,9 @@ import asyncio, json, sys, time
 import psutil
 from horde_common.bus.messages import MinerEndpoint
 from horde_common.db import create_engine, session_factory
-from horde_job_runner.synthetic import generation
 from horde_job_runner.synthetic.batch import run_shard
+from horde_job_runner.synthetic.generation import PoolJobFactory
+from horde_job_runner.synthetic.generation_pool import GenerationPool
 from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, DynamicValues, ShardRequest
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_localnet import keys
@@ -88,8 +89,9 @@ async def no_sleep(delay):
 
 async def main(args):
     engine = create_engine(args["db_url"])
+    pool = GenerationPool()  # this validator's own, as the service instance's
     if args["warm"]:
-        await generation.start_pool()  # as the service does when it starts
+        await pool.start()  # as the service does when it starts
     baseline = peak = tree_rss()
 
     async def sample():
@@ -109,7 +111,7 @@ async def main(args):
             dynamic=DynamicValues(),
             difficulty="localnet",
             timeouts=BatchTimeouts(**args["timeouts"]),
-            job_factory=generation.PoolJobFactory(),
+            job_factory=PoolJobFactory(pool),
             sleep=no_sleep,
         ),
     )
@@ -118,7 +120,7 @@ async def main(args):
     peak = max(peak, tree_rss())
     descendants = [p.pid for p in psutil.Process().children(recursive=True)]
     await engine.dispose()
-    await asyncio.to_thread(generation.shutdown_pool)
+    await asyncio.to_thread(pool.shutdown)
     out = {"persisted": result.persisted, "jobs": len(result.jobs), "elapsed": elapsed,
            "baseline": baseline, "peak": peak, "descendants": descendants}
     print("RESULT " + json.dumps(out), flush=True)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from horde_job_runner.generators import JobGenerator
     from horde_job_runner.synthetic.debug_dial import EarlyDial
     from horde_job_runner.synthetic.generation import ClassCounts, JobFactory
+    from horde_job_runner.synthetic.generation_pool import GenerationPool
     from horde_job_runner.synthetic.model import BatchTimeouts, JobResult, ProgressListener, ShardResult
 
 Keypair = Any  # a bittensor sr25519 keypair (`horde_common.wallet.load_hotkey`)
@@ -161,9 +162,9 @@ async def run_debug_batch(
     modules are imported, the database checked and the batch row created, so that their manifests
     are in by the time the shard opens its links. The caller may start the `early_dial` itself,
     even sooner (then closing it is its job); with a `transport_factory` of the caller's there is
-    none. With the default job factory (`SmallBatchJobFactory`) a small batch's jobs are built in a
-    thread; the generator process pool is started only for a batch of many jobs, and stopping it
-    is then the caller's job (`generation.shutdown_pool()`, as the command does).
+    none. With no `job_factory`, a `SmallBatchJobFactory` on a `GenerationPool` of this call: a small
+    batch's jobs are built in a thread, the pool's processes start only for a batch of many jobs,
+    and the pool is shut down before this returns. A caller's factory (and its pool) is the caller's.
     """
     own_dial: EarlyDial | None = None
     if early_dial is None and miners and "transport_factory" not in deps_overrides:
@@ -173,9 +174,15 @@ async def run_debug_batch(
         own_dial.start()
     if early_dial is not None:
         deps_overrides["transport_factory"] = early_dial.transport_factory
+    own_pool: GenerationPool | None = None
     try:
         # In a thread, so that the loop goes on with the connects and authentications meanwhile.
         await asyncio.to_thread(import_modules, ENGINE_MODULES)
+        if job_factory is None:
+            from horde_job_runner.synthetic.generation_pool import GenerationPool
+
+            own_pool = GenerationPool()
+            job_factory = SmallBatchJobFactory(own_pool)
         return await _run(
             settings,
             keypair,
@@ -183,11 +190,13 @@ async def run_debug_batch(
             weights_version,
             progress,
             timeouts,
-            job_factory or SmallBatchJobFactory(),
+            job_factory,
             migrate,
             deps_overrides,
         )
     finally:
+        if own_pool is not None:  # no generator worker may outlive the batch
+            await asyncio.to_thread(own_pool.shutdown)
         if own_dial is not None:
             await own_dial.close()
 
@@ -233,15 +242,16 @@ class SmallBatchJobFactory:
     A debug batch is usually a handful of jobs: a thread builds them in milliseconds, while the
     forkserver pool costs ~0.5 s of CPU to start (on a busy 2-core machine that is time taken from
     the connects and the batch itself). The count is over the whole batch, not per miner: many
-    miners' jobs built in threads would hold the GIL against the event loop.
+    miners' jobs built in threads would hold the GIL against the event loop. The rest go to `pool`,
+    the caller's (it starts its processes on first use; stopping it is the caller's job).
     """
 
-    def __init__(self) -> None:
-        from horde_job_runner.synthetic.generation import InlineJobFactory
+    def __init__(self, pool: GenerationPool) -> None:
+        from horde_job_runner.synthetic.generation import InlineJobFactory, PoolJobFactory
 
         self._inline = InlineJobFactory()
         self._inline_jobs = 0
-        self._pool: JobFactory | None = None
+        self._pool = PoolJobFactory(pool)
 
     async def generate(
         self,
@@ -254,10 +264,6 @@ class SmallBatchJobFactory:
         if self._inline_jobs + count <= INLINE_MAX_JOBS:
             self._inline_jobs += count
             return await self._inline.generate(miner_hotkey, class_counts, weights_version, difficulty)
-        if self._pool is None:
-            from horde_job_runner.synthetic.generation import default_job_factory
-
-            self._pool = default_job_factory()
         return await self._pool.generate(miner_hotkey, class_counts, weights_version, difficulty)
 
 

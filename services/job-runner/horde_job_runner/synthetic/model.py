@@ -25,7 +25,7 @@ from horde_common.protocol.miner.executor_class import (
 )
 from horde_common.protocol.miner.session import JobRegistry, MinerSession
 from horde_job_runner.generators import JobGenerator
-from horde_job_runner.synthetic.generation import JobFactory, default_job_factory
+from horde_job_runner.synthetic.generation import InlineJobFactory, JobFactory
 from horde_job_runner.synthetic.transport import (
     Sleep,
     TransportFactory,
@@ -243,7 +243,9 @@ class BatchDeps:
     transport_factory: TransportFactory = WebSocketTransport
     transport_settings: TransportSettings = field(default_factory=TransportSettings)
     session_factory: SessionFactory | None = None
-    job_factory: JobFactory = field(default_factory=default_job_factory)
+    # In-process by default (tests, flows without a pool): the service, the debug command and the
+    # bench pass a `PoolJobFactory` on the process pool they own.
+    job_factory: JobFactory = field(default_factory=InlineJobFactory)
     release_waiter: ReleaseWaiter | None = None
     publish_ready: Callable[[BatchShardReady], Awaitable[None]] | None = None
     progress: ProgressListener | None = None
