@@ -26,7 +26,8 @@ Run: `uv run python bench/batch.py [--difficulty localnet|production|both] [--si
 [--repeat 3] [--label NAME] [--compare-with OLD_TREE] [--py-spy DIR]`. `--compare-with` runs each
 attempt twice, alternating an older tree of the packages ('before') with this one ('after'), so
 that both see the same load. Writes bench/results/batch-<difficulty>.json (one entry per label;
-the table shows every stored label).
+the table shows every stored label). `--replicas N [--sizes 512]`: one batch split over 1, then N
+job-runner replicas released together, their overhead and release skew (`bench/batch_replicas.py`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def run_validator(count: int, base_port: int, database_url: str, difficulty: str
     from horde_common.db import create_engine, session_factory
     from horde_common.telemetry import configure_logging
     from horde_job_runner.synthetic.batch import run_shard
-    from horde_job_runner.synthetic.generation import PoolJobFactory, shutdown_pool, warm_up
+    from horde_job_runner.synthetic.generation import PoolJobFactory
+    from horde_job_runner.synthetic.generation_pool import GenerationPool
     from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, DynamicValues, ShardRequest
     from horde_job_runner.synthetic.persistence import BatchStore
     from horde_localnet import keys
@@ -107,7 +109,8 @@ def run_validator(count: int, base_port: int, database_url: str, difficulty: str
 
         gc.disable()
     imports_s = time.monotonic() - t_start
-    warm_up()
+    pool = GenerationPool()  # this validator's generation workers, started before the shard
+    pool.warm_up()
     miners = [
         MinerEndpoint(
             hotkey=keys.miner_keypair(i).ss58_address, uid=i, address="127.0.0.1", port=base_port + i
@@ -125,7 +128,7 @@ def run_validator(count: int, base_port: int, database_url: str, difficulty: str
             dynamic=DynamicValues(),
             difficulty=difficulty,
             timeouts=BatchTimeouts(),
-            job_factory=PoolJobFactory(),
+            job_factory=PoolJobFactory(pool),
         )
         workers_before = _pool_cpu_s()
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -181,7 +184,7 @@ def run_validator(count: int, base_port: int, database_url: str, difficulty: str
         profiler.dump_stats(profile_to)
     else:
         out = asyncio.run(main())
-    shutdown_pool()
+    pool.shutdown()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["imports_s"] = round(imports_s, 2)
     print(json.dumps(out), flush=True)
@@ -531,5 +534,9 @@ if __name__ == "__main__":
         serve_fleet(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     elif len(sys.argv) > 1 and sys.argv[1] == "--validator":
         run_validator(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    elif "--replicas" in sys.argv:  # one batch over job-runner replicas (bench/batch_replicas.py)
+        from batch_replicas import main as replicas_main
+
+        replicas_main(sys.argv[1:])
     else:
         main()

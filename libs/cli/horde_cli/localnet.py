@@ -30,6 +30,9 @@ LOG_DIR = STATE_DIR / "logs"
 STOP_GRACE_S = 15.0
 # Acceptance: all five ready within 60 s of the command; leave headroom for a cold import cache.
 READY_TIMEOUT_S = 90.0
+# Job-runner replica i (2, 3, ...) of `--job-runners N` listens on this + i: the five services keep
+# 8001-8005 and the simulators 9000+, so replicas never collide with either.
+REPLICA_BASE_PORT = 8010
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,14 @@ def localnet_env(topo: Topology) -> dict[str, str]:
     return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
 
 
-def children(topo: Topology) -> list[ChildSpec]:
+def children(topo: Topology, *, job_runners: int = 1, lease_ttl_s: float | None = None) -> list[ChildSpec]:
+    """The simulators, the five services and `job_runners - 1` more job-runner replicas.
+
+    `lease_ttl_s` (tests): every job-runner runs with this shard lease TTL instead of the default,
+    through `python -m horde_cli.localnet job-runner` (a constructor argument, not a setting).
+    """
+    if job_runners < 1:
+        raise ValueError(f"job_runners must be >= 1, got {job_runners}")
     py = sys.executable
     sims = [
         ChildSpec(
@@ -95,7 +105,60 @@ def children(topo: Topology) -> list[ChildSpec]:
         ChildSpec(name, [py, "-m", service_module(name)], ready_url=f"http://{topo.host}:{port}/readyz")
         for name, port in SERVICE_PORTS.items()
     ]
+    ttl = [] if lease_ttl_s is None else ["--lease-ttl", str(lease_ttl_s)]
+    if lease_ttl_s is not None:
+        port = SERVICE_PORTS["job-runner"]
+        services = [
+            ChildSpec(s.name, [py, "-m", __name__, "job-runner", "--port", str(port), *ttl], s.ready_url)
+            if s.name == "job-runner"
+            else s
+            for s in services
+        ]
+    for i in range(2, job_runners + 1):
+        port = REPLICA_BASE_PORT + i
+        services.append(
+            ChildSpec(
+                f"job-runner-{i}",
+                [py, "-m", __name__, "job-runner", "--port", str(port), *ttl],
+                ready_url=f"http://{topo.host}:{port}/readyz",
+            )
+        )
     return sims + services
+
+
+def start_stages(specs: list[ChildSpec]) -> list[list[ChildSpec]]:
+    """The children in the order they start, each stage ready before the next starts.
+
+    With job-runner replicas the scheduler starts last: its first batch is dispatched within a
+    second of its start, and a replica not yet consuming would leave every shard to the others.
+    """
+    if not any(s.name.startswith("job-runner-") for s in specs):
+        return [specs]
+    return [[s for s in specs if s.name != "scheduler"], [s for s in specs if s.name == "scheduler"]]
+
+
+def is_service(name: str) -> bool:
+    """A service child (stopped first): one of the five, or a job-runner replica `job-runner-<i>`."""
+    return name in SERVICE_PORTS or name.rpartition("-")[0] in SERVICE_PORTS
+
+
+def run_job_runner(port: int, lease_ttl_s: float | None) -> None:
+    """Run one job-runner on `port` (a replica beside the localnet's own), blocking until stopped.
+
+    The same service as `python -m horde_job_runner`; only its HTTP port and, when given, its shard
+    lease TTL differ (docs/scheduling.md §8; the lease in `horde_job_runner/synthetic/shard_lease.py`).
+    """
+    import dataclasses
+
+    from horde_common.service import Dependency, run_service
+    from horde_job_runner.app import SPEC
+    from horde_job_runner.synthetic.handler import JobRunnerRuntime, job_runner_runtime_with
+
+    dependencies = list(SPEC.dependencies)
+    if lease_ttl_s is not None:
+        runtime = Dependency(JobRunnerRuntime, job_runner_runtime_with(lease_ttl_s=lease_ttl_s))
+        dependencies = [runtime if d.type is JobRunnerRuntime else d for d in dependencies]
+    run_service(dataclasses.replace(SPEC, port=port, dependencies=dependencies))
 
 
 def miner_fleet_args(topo: Topology) -> list[str]:
@@ -164,7 +227,7 @@ def wait_ready(
 
 def stop_pids(pids: dict[str, int], grace_s: float = STOP_GRACE_S) -> dict[str, str]:
     """SIGTERM each child's process group (services first), then SIGKILL stragglers."""
-    order = [n for n in pids if n in SERVICE_PORTS] + [n for n in pids if n not in SERVICE_PORTS]
+    order = [n for n in pids if is_service(n)] + [n for n in pids if not is_service(n)]
     for name in order:
         try:
             os.killpg(pids[name], signal.SIGTERM)
@@ -210,3 +273,19 @@ def load_state() -> dict[str, int]:
         return {}
     data = json.loads(STATE_FILE.read_text())
     return {str(k): int(v) for k, v in data.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m horde_cli.localnet job-runner --port P [--lease-ttl S]`: a job-runner replica."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m horde_cli.localnet", description=main.__doc__)
+    parser.add_argument("what", choices=["job-runner"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lease-ttl", type=float, default=None, help="shard lease TTL, seconds")
+    args = parser.parse_args(argv)
+    run_job_runner(args.port, args.lease_ttl)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,15 @@ from horde_job_runner.synthetic.generation import InlineJobFactory
 from horde_job_runner.synthetic.handler import JobRunnerRuntime, handle_batch_shard_requested
 from horde_job_runner.synthetic.model import BatchDeps, ShardRequest, ShardResult
 from horde_job_runner.synthetic.persistence import BatchStore
-from horde_job_runner.synthetic.shard_lease import LeaseDecision, ShardRow, claim_shard, decide
+from horde_job_runner.synthetic.shard_lease import (
+    LeaseDecision,
+    LeaseWatch,
+    ShardRow,
+    claim_shard,
+    decide,
+    lease_verdict,
+    lease_wait_bound,
+)
 from horde_localnet import keys
 
 pytestmark = pytest.mark.timeout(60)
@@ -254,13 +262,16 @@ class RecordedShards:
         return ShardResult(batch_id=request.batch_id, shard_index=request.shard_index, persisted=True)
 
 
-def _runtime(sessions: async_sessionmaker[AsyncSession], publish: Any = None) -> JobRunnerRuntime:
+def _runtime(
+    sessions: async_sessionmaker[AsyncSession], publish: Any = None, lease_ttl_s: float = 30.0
+) -> JobRunnerRuntime:
     return JobRunnerRuntime(
         sessions=sessions,
         keypair=keys.validator_keypair(0),
         settings=load_settings(SYNTHETIC_HASHCAT_DIFFICULTY="localnet"),
         publish=publish,
         job_factory=InlineJobFactory(),
+        lease_ttl_s=lease_ttl_s,
     )
 
 
@@ -379,9 +390,11 @@ async def purged(amqp_url: str) -> AsyncIterator[None]:
 class Runner:
     """The job-runner's broker with its own router, bound to a runtime; its settled shard deliveries."""
 
-    def __init__(self, amqp_url: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, amqp_url: str, sessions: async_sessionmaker[AsyncSession], lease_ttl_s: float = 30.0
+    ) -> None:
         self.broker = Broker(amqp_url, service="job-runner", session_factory=sessions)
-        self.runtime = _runtime(sessions, publish=self.broker.publish)
+        self.runtime = _runtime(sessions, publish=self.broker.publish, lease_ttl_s=lease_ttl_s)
         self.settled: asyncio.Queue[Outcome] = asyncio.Queue()
         self.broker.settle_listeners.append(
             lambda queue, _id, outcome: self.settled.put_nowait(outcome) if queue == SHARD_QUEUE else None
@@ -408,24 +421,15 @@ async def test_a_live_lease_elsewhere_runs_nothing_and_publishes_nothing(
     shards = RecordedShards()
     monkeypatch.setattr(handler, "run_shard", shards.run_shard)
     batch_id, _ = await BatchStore(sessions).create_batch()
-    async with sessions() as session, session.begin():
-        session.add(
-            BatchShard(
-                batch_id=batch_id,
-                shard_index=0,
-                miner_hotkeys=["5Fminer"],
-                lease_owner="other-runner",
-                lease_expires_at=datetime.now(UTC) + timedelta(minutes=5),
-                initial_sent_at=datetime.now(UTC),
-                attempts=1,
-            )
-        )
-    runner = Runner(amqp_url, sessions)
+    other = await _claim(sessions, batch_id, "other-runner", ttl_s=0.6)  # alive: its heartbeat renews
+    assert other.lease is not None
+    runner = Runner(amqp_url, sessions, lease_ttl_s=0.6)
     msg = _request(batch_id)
     try:
-        await runner.broker.start(runner.router)
-        await runner.broker.publish(msg)
-        assert await runner.next_settled() == "processed"  # acked, nothing staged
+        async with other.lease.held():
+            await runner.broker.start(runner.router)
+            await runner.broker.publish(msg)
+            assert await runner.next_settled() == "processed"  # acked once renewed, nothing staged
     finally:
         await runner.broker.stop(grace_s=0)
     assert shards.runs == []
@@ -493,3 +497,125 @@ async def test_a_running_shard_holds_a_lease_and_no_connection(
         gate.set()
         await runner.broker.stop(grace_s=0)
         await engine.dispose()
+
+
+# --- a live lease elsewhere: wait until it is renewed or lapses -----------------------------------
+
+LATER = NOW + timedelta(seconds=20)
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (ShardRow("requested", "other", LIVE, SENT), LeaseWatch.WAITING),  # not renewed, not lapsed
+        (ShardRow("requested", "other", LATER, SENT), LeaseWatch.RENEWED),  # its heartbeat landed
+        (ShardRow("requested", "taker", LATER, SENT), LeaseWatch.RENEWED),  # taken over: a live owner
+        (ShardRow("requested", "other", LAPSED, SENT), LeaseWatch.LAPSED),  # owner died
+        (ShardRow("requested", "other", NOW, SENT), LeaseWatch.LAPSED),  # expiry is exclusive
+        (ShardRow("requested", "other", None, SENT), LeaseWatch.LAPSED),
+        (ShardRow("completed", "other", LIVE, SENT), LeaseWatch.LAPSED),  # closed: decide again
+        (ShardRow("failed", "other", LATER, SENT), LeaseWatch.LAPSED),
+        (None, LeaseWatch.LAPSED),
+    ],
+)
+def test_lease_verdict_table(current: ShardRow | None, expected: LeaseWatch) -> None:
+    seen = ShardRow("requested", "other", LIVE, SENT)
+    assert lease_verdict(seen, current, now=NOW) is expected
+
+
+def test_the_wait_is_bounded_by_one_ttl_and_a_reread() -> None:
+    assert lease_wait_bound(30.0) == pytest.approx(30.0 + 10.0 + 1.0)
+    assert lease_wait_bound(0.6) == pytest.approx(0.6 + 0.2 + 1.0)
+
+
+def test_the_runtime_lease_ttl_is_a_constructor_argument() -> None:
+    with pytest.raises(ValueError, match="lease_ttl_s"):
+        handler.job_runner_runtime_with(lease_ttl_s=0)
+    assert handler.JobRunnerRuntime.__dataclass_fields__["lease_ttl_s"].default == 30.0
+
+
+async def _killed_runner_left(
+    sessions: async_sessionmaker[AsyncSession], batch_id: int, *, live_for_s: float, initial_sent: bool
+) -> None:
+    """A runner SIGKILLed a moment ago: its lease still live for `live_for_s`, never renewed again."""
+    async with sessions() as session, session.begin():
+        session.add(
+            BatchShard(
+                batch_id=batch_id,
+                shard_index=0,
+                miner_hotkeys=["5Fminer"],
+                lease_owner="killed-runner",
+                lease_expires_at=func.now() + timedelta(seconds=live_for_s),
+                initial_sent_at=func.now() if initial_sent else None,
+                attempts=1,
+            )
+        )
+
+
+async def test_redelivery_under_a_killed_runners_lease_fails_once_it_lapses(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = RecordedShards()
+    monkeypatch.setattr(handler, "run_shard", shards.run_shard)
+    runtime = _runtime(sessions, lease_ttl_s=0.6)
+    batch_id, _ = await BatchStore(sessions).create_batch()
+    await _killed_runner_left(sessions, batch_id, live_for_s=0.5, initial_sent=True)
+    msg = _request(batch_id)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    (completed,) = await asyncio.wait_for(_deliver(runtime, msg, delivery_count=2), WAIT_S)
+    assert loop.time() - started <= lease_wait_bound(0.6) + 1.0  # not the shard deadline's minutes
+    assert shards.runs == []
+    assert (completed.ok, completed.job_count) == (False, 0)
+    assert completed.message_id == completed_message_id(msg.message_id, batch_id, 0)
+    assert "redelivered" in (completed.error or "")
+    (failure,) = await _failures(sessions, batch_id)
+    assert failure.type == "VALIDATOR_FAILURE" and failure.data["miner_hotkeys"] == ["5Fminer"]
+    row = await _row(sessions, batch_id)
+    assert (row.lease_owner, row.attempts) == ("killed-runner", 1)  # never claimed, never re-sent
+
+
+async def test_redelivery_under_a_killed_runners_lease_runs_if_nothing_was_sent(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = RecordedShards()
+    monkeypatch.setattr(handler, "run_shard", shards.run_shard)
+    runtime = _runtime(sessions, lease_ttl_s=0.6)
+    batch_id, _ = await BatchStore(sessions).create_batch()
+    await _killed_runner_left(sessions, batch_id, live_for_s=0.5, initial_sent=False)
+    (completed,) = await asyncio.wait_for(_deliver(runtime, _request(batch_id), delivery_count=2), WAIT_S)
+    assert len(shards.runs) == 1 and completed.ok
+    row = await _row(sessions, batch_id)
+    assert (row.lease_owner, row.attempts) == (runtime.lease_owner, 2)
+    assert await _failures(sessions, batch_id) == []
+
+
+async def test_redelivery_under_a_live_owners_lease_acks_silently(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = RecordedShards()
+    monkeypatch.setattr(handler, "run_shard", shards.run_shard)
+    runtime = _runtime(sessions, lease_ttl_s=0.6)
+    batch_id, _ = await BatchStore(sessions).create_batch()
+    owner = await _claim(sessions, batch_id, "live-runner", ttl_s=0.6)
+    assert owner.lease is not None
+    async with owner.lease.held():
+        out = await asyncio.wait_for(_deliver(runtime, _request(batch_id), delivery_count=2), WAIT_S)
+        assert owner.lease.renewals >= 1  # the verdict came from a renewal, not a lapse
+    assert out == [] and shards.runs == []
+    assert await _failures(sessions, batch_id) == []
+    assert (await _row(sessions, batch_id)).lease_owner == "live-runner"
+
+
+async def test_a_lease_that_neither_moves_nor_lapses_is_left_to_the_scheduler(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner on a longer TTL than ours: the wait gives up at its bound and acks (old behaviour)."""
+    shards = RecordedShards()
+    monkeypatch.setattr(handler, "run_shard", shards.run_shard)
+    runtime = _runtime(sessions, lease_ttl_s=0.3)
+    batch_id, _ = await BatchStore(sessions).create_batch()
+    await _killed_runner_left(sessions, batch_id, live_for_s=300, initial_sent=True)
+    out = await asyncio.wait_for(_deliver(runtime, _request(batch_id), delivery_count=2), WAIT_S)
+    assert out == [] and shards.runs == []
+    assert await _failures(sessions, batch_id) == []

@@ -3,7 +3,8 @@
 Wiring (in `app.py`): the handlers' state is a `JobRunnerRuntime` per service instance, a typed
 dependency of the spec (never a module global: two instances in one process share nothing):
 
-    SPEC = ServiceSpec(..., dependencies=[Dependency(JobRunnerRuntime, job_runner_runtime)],
+    SPEC = ServiceSpec(..., dependencies=[Dependency(GenerationPool, open_generation_pool),
+                                          Dependency(JobRunnerRuntime, job_runner_runtime)],
                        on_start=start_generation, on_stop=stop_generation,
                        debug_views={"synthetic": active_shards_view})
 
@@ -21,7 +22,10 @@ transaction (`shard_lease.claim_shard`), and a heartbeat renews the lease while 
 delivery does is the lease decision (`shard_lease.decide`):
 - the marker exists (or the scheduler closed the row): the shard is reported completed again (same
   message id, so the scheduler deduplicates it);
-- a live lease: another delivery is running the shard and will report it; nothing is run or returned;
+- a live lease: its owner runs the shard, or was just killed (RabbitMQ redelivers at once). Wait for
+  the lease to move (`shard_lease.wait_for_lease`: one TTL plus a margin, a re-read every TTL/3):
+  renewed (or taken over), nothing is run or returned; lapsed, decide again (below), so a killed
+  runner's shard fails within about a TTL instead of at the scheduler's shard deadline;
 - no live lease but `initial_sent_at` is set: an earlier delivery may already have reserved the
   miners' executors, so the shard is never re-run against them: a VALIDATOR_FAILURE event naming the
   miners is written and the shard is reported failed (`ok=False`); no job rows are written for it,
@@ -55,10 +59,19 @@ from horde_common.bus.router import HandlerContext
 from horde_common.config import HashcatDifficulty, Settings
 from horde_common.telemetry import SystemEventSubtype, SystemEventType, record_event
 from horde_job_runner.synthetic.batch import completed_message_id, run_shard
-from horde_job_runner.synthetic.generation import JobFactory, default_job_factory
+from horde_job_runner.synthetic.generation import JobFactory, PoolJobFactory
+from horde_job_runner.synthetic.generation_pool import GenerationPool
 from horde_job_runner.synthetic.model import BatchDeps, BatchTimeouts, ShardRequest
 from horde_job_runner.synthetic.persistence import BatchStore
-from horde_job_runner.synthetic.shard_lease import Claim, LeaseDecision, claim_shard, new_owner_id
+from horde_job_runner.synthetic.shard_lease import (
+    LEASE_TTL_S,
+    Claim,
+    LeaseDecision,
+    LeaseWatch,
+    claim_shard,
+    new_owner_id,
+    wait_for_lease,
+)
 
 if TYPE_CHECKING:
     from horde_common.service.context import ServiceContext
@@ -73,6 +86,7 @@ __all__ = [
     "handle_batch_released",
     "handle_batch_shard_requested",
     "job_runner_runtime",
+    "job_runner_runtime_with",
     "start_generation",
     "stop_generation",
 ]
@@ -129,11 +143,15 @@ class JobRunnerRuntime:
     settings: Settings
     publish: Callable[[BusMessage], Awaitable[None]] | None = None
     releases: ReleaseRegistry = field(default_factory=ReleaseRegistry)
-    job_factory: JobFactory = field(default_factory=default_job_factory)
+    pool: GenerationPool = field(default_factory=GenerationPool)  # the service's: `open_generation_pool`
+    job_factory: JobFactory | None = None  # None: a `PoolJobFactory` on `pool` (tests: in-process)
     timeouts: BatchTimeouts = field(default_factory=BatchTimeouts)
     active: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     # This instance's name on the shard leases it takes (unique per instance, readable per host/pid).
     lease_owner: str = field(default_factory=new_owner_id)
+    # The TTL of the leases it takes, and the period of its waits on another's lease (tests shorten
+    # it: `job_runner_runtime_with(lease_ttl_s=...)`; no setting, every replica must agree on it).
+    lease_ttl_s: float = LEASE_TTL_S
 
     def deps(self) -> BatchDeps:
         publish = self.publish
@@ -147,42 +165,55 @@ class JobRunnerRuntime:
             store=BatchStore(self.sessions),
             difficulty=HashcatDifficulty(self.settings.SYNTHETIC_HASHCAT_DIFFICULTY),
             timeouts=self.timeouts,
-            job_factory=self.job_factory,
+            job_factory=self.job_factory if self.job_factory is not None else PoolJobFactory(self.pool),
             release_waiter=self.releases,
             publish_ready=publish_ready if publish is not None else None,
         )
 
 
-@contextlib.asynccontextmanager
-async def job_runner_runtime(ctx: ServiceContext) -> AsyncIterator[JobRunnerRuntime]:
-    """The `ServiceSpec` dependency: this instance's runtime, from its sessions, broker and key."""
-    if ctx.hotkey is not None:
-        keypair = ctx.hotkey  # preflight loaded it (the spec needs a hotkey)
-    else:
-        from horde_common.wallet import load_hotkey
+RuntimeFactory = Callable[["ServiceContext"], contextlib.AbstractAsyncContextManager[JobRunnerRuntime]]
 
-        keypair = load_hotkey(ctx.settings)
-    broker = ctx.broker
-    yield JobRunnerRuntime(
-        sessions=ctx.sessions,
-        keypair=keypair,
-        settings=ctx.settings,
-        publish=broker.publish if broker is not None else None,
-    )
+
+def job_runner_runtime_with(*, lease_ttl_s: float = LEASE_TTL_S) -> RuntimeFactory:
+    """A `ServiceSpec` dependency factory with explicit runtime parameters (not from the environment:
+    a test or a bench builds its spec with a short lease TTL; the service uses `job_runner_runtime`)."""
+    if lease_ttl_s <= 0:
+        raise ValueError(f"lease_ttl_s must be > 0, got {lease_ttl_s}")
+
+    @contextlib.asynccontextmanager
+    async def factory(ctx: ServiceContext) -> AsyncIterator[JobRunnerRuntime]:
+        if ctx.hotkey is not None:
+            keypair = ctx.hotkey  # preflight loaded it (the spec needs a hotkey)
+        else:
+            from horde_common.wallet import load_hotkey
+
+            keypair = load_hotkey(ctx.settings)
+        broker = ctx.broker
+        yield JobRunnerRuntime(
+            sessions=ctx.sessions,
+            keypair=keypair,
+            settings=ctx.settings,
+            publish=broker.publish if broker is not None else None,
+            pool=ctx.dependency(GenerationPool),  # the instance's own (`open_generation_pool`)
+            lease_ttl_s=lease_ttl_s,
+        )
+
+    return factory
+
+
+def job_runner_runtime(ctx: ServiceContext) -> contextlib.AbstractAsyncContextManager[JobRunnerRuntime]:
+    """The `ServiceSpec` dependency: this instance's runtime, from its sessions, broker and key."""
+    return job_runner_runtime_with()(ctx)
 
 
 async def start_generation(ctx: ServiceContext) -> None:
-    """`ServiceSpec.on_start`: start the job generation workers (process-wide, shared by instances)."""
-    from horde_job_runner.synthetic.generation import warm_up
-
-    await asyncio.to_thread(warm_up)
+    """`ServiceSpec.on_start`: start this instance's job generation workers (its `GenerationPool`)."""
+    await ctx.dependency(GenerationPool).start()
 
 
 async def stop_generation(ctx: ServiceContext) -> None:
-    """`ServiceSpec.on_stop`: stop the job generation workers."""
-    from horde_job_runner.synthetic.generation import shutdown_pool
-
-    await asyncio.to_thread(shutdown_pool)
+    """`ServiceSpec.on_stop`: stop this instance's job generation workers and wait for them."""
+    await asyncio.to_thread(ctx.dependency(GenerationPool).shutdown)
 
 
 # ------------------------------------------------------------------------------------------ handlers
@@ -204,30 +235,25 @@ async def handle_batch_shard_requested(
     if ctx.db_session is not None:
         raise RuntimeError("the shard handler must be registered long_running=True (see app.py)")
     runtime = ctx.dependency(JobRunnerRuntime)
-    now = datetime.now(UTC)
-    late = (now - msg.deadlines.release_deadline).total_seconds() > runtime.timeouts.late_request_grace
     late_reason = f"arrived after its release deadline ({msg.deadlines.release_deadline.isoformat()})"
     sessions = ctx.sessions
     if sessions is None:
-        return [_failed(msg, late_reason)] if late else await _run(msg, runtime)
+        return [_failed(msg, late_reason)] if _is_late(msg, runtime) else await _run(msg, runtime)
 
-    claim = await claim_shard(
-        sessions,
-        batch_id=msg.batch_id,
-        shard_index=msg.shard_index,
-        shard_message_id=msg.message_id,
-        miner_hotkeys=[m.hotkey for m in msg.miners],
-        owner=runtime.lease_owner,
-        late=late,
-    )
-    log.info(
-        "batch.shard.claim",
-        batch_id=msg.batch_id,
-        shard=msg.shard_index,
-        decision=str(claim.decision),
-        attempts=claim.attempts,
-        delivery=ctx.delivery_count,
-    )
+    claim = await _claim(msg, sessions, runtime, ctx.delivery_count)
+    if claim.decision is LeaseDecision.HELD_ELSEWHERE:
+        # Its owner runs it and reports it, unless it was just killed: wait for the lease to move.
+        assert claim.seen is not None
+        watch = await wait_for_lease(
+            sessions,
+            batch_id=msg.batch_id,
+            shard_index=msg.shard_index,
+            seen=claim.seen,
+            ttl_s=runtime.lease_ttl_s,
+        )
+        log.info("batch.shard.lease_watch", batch_id=msg.batch_id, shard=msg.shard_index, watch=str(watch))
+        if watch is LeaseWatch.LAPSED:
+            claim = await _claim(msg, sessions, runtime, ctx.delivery_count)
     if claim.decision is LeaseDecision.RUN:
         assert claim.lease is not None
         async with claim.lease.held():
@@ -235,7 +261,8 @@ async def handle_batch_shard_requested(
     if claim.decision is LeaseDecision.ALREADY_DONE:
         return [_completed_again(msg, claim)]
     if claim.decision is LeaseDecision.HELD_ELSEWHERE:
-        # Its owner is running it and reports it; a second report (or run) would be wrong.
+        # Renewed or taken over: a live owner runs and reports it (a second run would be wrong). Not
+        # moved within the bound (an owner on a longer TTL): the scheduler's shard deadline closes it.
         return []
     reason = (
         late_reason
@@ -260,6 +287,40 @@ async def handle_batch_shard_requested(
 
     ctx.defer_write(failure_event)  # commits with the idempotency row: once per message
     return [_failed(msg, reason)]
+
+
+def _is_late(msg: BatchShardRequested, runtime: JobRunnerRuntime) -> bool:
+    """Past its release deadline plus the grace (decided again after a wait on another's lease)."""
+    late_s = (datetime.now(UTC) - msg.deadlines.release_deadline).total_seconds()
+    return late_s > runtime.timeouts.late_request_grace
+
+
+async def _claim(
+    msg: BatchShardRequested,
+    sessions: async_sessionmaker[AsyncSession],
+    runtime: JobRunnerRuntime,
+    delivery_count: int,
+) -> Claim:
+    """`claim_shard` for this delivery, logged."""
+    claim = await claim_shard(
+        sessions,
+        batch_id=msg.batch_id,
+        shard_index=msg.shard_index,
+        shard_message_id=msg.message_id,
+        miner_hotkeys=[m.hotkey for m in msg.miners],
+        owner=runtime.lease_owner,
+        late=_is_late(msg, runtime),
+        ttl_s=runtime.lease_ttl_s,
+    )
+    log.info(
+        "batch.shard.claim",
+        batch_id=msg.batch_id,
+        shard=msg.shard_index,
+        decision=str(claim.decision),
+        attempts=claim.attempts,
+        delivery=delivery_count,
+    )
+    return claim
 
 
 async def _run(msg: BatchShardRequested, runtime: JobRunnerRuntime) -> list[BatchShardCompleted]:

@@ -2,15 +2,19 @@
 
 The shard handler runs for minutes without a database connection (a `long_running` bus handler), so
 "this shard is being run" cannot be a transaction held open; it is a lease on the shard's row instead
-(docs/scheduling.md): `claim_shard` decides and takes it in one short committed transaction
+(docs/scheduling.md §9): `claim_shard` decides and takes it in one short committed transaction
 (`SELECT ... FOR UPDATE`), `ShardLease.held()` renews it every `LEASE_TTL_S / 3` while the shard runs
 and releases it at the end.
 
 What a delivery of `batch.shard.requested` does is the pure `decide` (a table test covers it):
 - ALREADY_DONE: the shard's completion marker exists (or the scheduler closed the row): report the
   completion again (same message id: the scheduler deduplicates it);
-- HELD_ELSEWHERE: a live lease: another delivery is running the shard and will report it; ack without
-  running and without a completion message;
+- HELD_ELSEWHERE: a live lease: another delivery may be running the shard. Its owner may also have
+  just died (SIGKILL: RabbitMQ redelivers at once, long before the lease lapses), so the delivery
+  waits (`wait_for_lease`, bounded by one TTL plus a margin) for the lease to move: renewed (or taken
+  by another runner) means a live owner runs and reports it, so ack without running and without a
+  completion message; lapsed means the owner died, so decide again (FAIL_CONTACTED, or RUN when no
+  initial request was sent yet);
 - FAIL_CONTACTED: no live lease, but `initial_sent_at` is set: an earlier run may have sent the miners
   their initial job requests (and reserved their executors), so the shard is never sent again; it is
   reported failed with a VALIDATOR_FAILURE event naming the miners;
@@ -55,6 +59,9 @@ HEARTBEAT_FRACTION = 3
 # Bound of every lease statement (claim, renewal, release): far above a healthy round trip
 # (milliseconds), below the heartbeat period so a hung renewal cannot delay the next one.
 LEASE_DB_TIMEOUT_S = 5.0
+# Slack of `wait_for_lease` beyond one TTL and one re-read period: the re-read that sees the lapse and
+# its own round trip on a loaded database (milliseconds when healthy; a second covers a slow machine).
+LEASE_WAIT_SLACK_S = 1.0
 # The row states in which the scheduler has closed the shard (docs/scheduling.md).
 DONE_STATES = frozenset({"completed", "failed"})
 
@@ -199,6 +206,8 @@ class Claim:
     state: str | None = None
     attempts: int = 0
     lease: ShardLease | None = None  # set when decision is RUN
+    # The lease columns as the decision saw them (HELD_ELSEWHERE: what `wait_for_lease` compares to).
+    seen: ShardRow | None = None
 
 
 async def claim_shard(
@@ -241,8 +250,9 @@ async def claim_shard(
         now = await session.scalar(select(func.now()))  # the database's clock, shared by replicas
         assert now is not None
         marker = await shard_marker_exists(session, shard_message_id)
+        seen = _lease_columns(row)
         decision = decide(
-            ShardRow(row.state, row.lease_owner, row.lease_expires_at, row.initial_sent_at),
+            seen,
             now=now,
             marker=marker is not None,
             late=late,
@@ -256,7 +266,94 @@ async def claim_shard(
             if mark_initial_sent:
                 row.initial_sent_at = now
             lease = ShardLease(sessions, batch_id, shard_index, owner, row.lease_expires_at, ttl_s)
-        return Claim(decision, marker, row.state, row.attempts or 0, lease)
+        return Claim(decision, marker, row.state, row.attempts or 0, lease, seen)
+
+
+def _lease_columns(row: BatchShard) -> ShardRow:
+    return ShardRow(row.state, row.lease_owner, row.lease_expires_at, row.initial_sent_at)
+
+
+class LeaseWatch(StrEnum):
+    """What became of a live lease held elsewhere (`lease_verdict`, `wait_for_lease`)."""
+
+    RENEWED = "renewed"  # its owner renewed it, or another runner took it over: a live owner reports
+    LAPSED = "lapsed"  # expired (its owner died or released it) or the shard was closed: decide again
+    WAITING = "waiting"  # neither yet
+    TIMED_OUT = "timed_out"  # neither within the bound (an owner with a longer TTL than ours)
+
+
+def lease_verdict(seen: ShardRow, current: ShardRow | None, *, now: datetime) -> LeaseWatch:
+    """Compare a re-read of the row with the live lease first seen (pure; a table test covers it).
+
+    A released lease (the owner finished: its expiry set to its now) and a closed row count as lapsed:
+    deciding again then finds the completion marker or the closed state and reports it.
+    """
+    if current is None or current.state in DONE_STATES:
+        return LeaseWatch.LAPSED
+    if current.owner != seen.owner:
+        # Taken over after a lapse by a runner that runs it (RUN is the only decision that claims).
+        return LeaseWatch.RENEWED if current.owner is not None else LeaseWatch.LAPSED
+    if current.expires_at is None or current.expires_at <= now:
+        return LeaseWatch.LAPSED
+    if seen.expires_at is None or current.expires_at > seen.expires_at:
+        return LeaseWatch.RENEWED
+    return LeaseWatch.WAITING
+
+
+async def read_lease(
+    sessions: async_sessionmaker[AsyncSession], *, batch_id: int, shard_index: int
+) -> tuple[ShardRow | None, datetime]:
+    """The shard's lease columns and the database's now, in one short read (no lock)."""
+    async with asyncio.timeout(LEASE_DB_TIMEOUT_S), sessions() as session:
+        row = await session.scalar(
+            select(BatchShard).where(BatchShard.batch_id == batch_id, BatchShard.shard_index == shard_index)
+        )
+        now = await session.scalar(select(func.now()))
+    assert now is not None
+    return (_lease_columns(row) if row is not None else None), now
+
+
+def lease_wait_bound(ttl_s: float) -> float:
+    """How long `wait_for_lease` waits at most: a lease seen live lapses within one TTL unless renewed
+    (it was at most just renewed, by an owner on the same TTL), the lapse is seen at the next re-read
+    (one period later) and that read takes a round trip (`LEASE_WAIT_SLACK_S`)."""
+    return ttl_s + ttl_s / HEARTBEAT_FRACTION + LEASE_WAIT_SLACK_S
+
+
+async def wait_for_lease(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    batch_id: int,
+    shard_index: int,
+    seen: ShardRow,
+    ttl_s: float = LEASE_TTL_S,
+) -> LeaseWatch:
+    """Re-read the row every `ttl_s / 3` (the owner's renewal period) until the live lease `seen` is
+    renewed or lapses, at most `lease_wait_bound(ttl_s)`; RENEWED, LAPSED or TIMED_OUT.
+
+    A failed re-read is logged and retried at the next period: this only delays the verdict.
+    """
+    period = ttl_s / HEARTBEAT_FRACTION
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + lease_wait_bound(ttl_s)
+    while True:
+        remaining = give_up - loop.time()
+        if remaining <= 0:
+            return LeaseWatch.TIMED_OUT
+        await asyncio.sleep(min(period, remaining))  # the polling period, not a synchronisation
+        try:
+            current, now = await read_lease(sessions, batch_id=batch_id, shard_index=shard_index)
+        except Exception as exc:  # a DB blip: the next period retries within the bound
+            log.warning(
+                "batch.shard.lease_read_failed",
+                batch_id=batch_id,
+                shard=shard_index,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            continue
+        verdict = lease_verdict(seen, current, now=now)
+        if verdict is not LeaseWatch.WAITING:
+            return verdict
 
 
 __all__ = [
@@ -264,9 +361,14 @@ __all__ = [
     "LEASE_TTL_S",
     "Claim",
     "LeaseDecision",
+    "LeaseWatch",
     "ShardLease",
     "ShardRow",
     "claim_shard",
     "decide",
+    "lease_verdict",
+    "lease_wait_bound",
     "new_owner_id",
+    "read_lease",
+    "wait_for_lease",
 ]
