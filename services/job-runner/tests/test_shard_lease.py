@@ -37,6 +37,7 @@ from horde_job_runner.synthetic.model import BatchDeps, ShardRequest, ShardResul
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_job_runner.synthetic.shard_lease import (
     LeaseDecision,
+    LeaseLost,
     LeaseWatch,
     ShardRow,
     claim_shard,
@@ -241,6 +242,22 @@ async def test_mark_initial_sent_keeps_the_first_time(sessions: async_sessionmak
     assert first is not None
     await claim.lease.mark_initial_sent()
     assert (await _row(sessions, batch_id)).initial_sent_at == first
+
+
+async def test_a_runner_that_lost_its_lease_contacts_no_miner(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """`mark_initial_sent` is the shard's `on_initial_send`: once another runner took the shard, it
+    raises, so the old runner never sends initial requests (and the row keeps no send time of it)."""
+    batch_id, _ = await BatchStore(sessions).create_batch()
+    first = await _claim(sessions, batch_id, "runner-a", mark_initial_sent=False)
+    assert first.lease is not None
+    await _lapse(sessions, batch_id)
+    second = await _claim(sessions, batch_id, "runner-b", mark_initial_sent=False)
+    assert second.decision is LeaseDecision.RUN
+    with pytest.raises(LeaseLost):
+        await first.lease.mark_initial_sent()
+    assert (await _row(sessions, batch_id)).initial_sent_at is None
 
 
 # --- the handler on the lease ---------------------------------------------------------------------

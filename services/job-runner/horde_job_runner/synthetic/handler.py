@@ -1,14 +1,9 @@
 """Bus side of synthetic batches: `batch.shard.requested` runs a shard, `batch.released` wakes it.
 
 Wiring (in `app.py`): the handlers' state is a `JobRunnerRuntime` per service instance, a typed
-dependency of the spec (never a module global: two instances in one process share nothing):
-
-    SPEC = ServiceSpec(..., dependencies=[Dependency(GenerationPool, open_generation_pool),
-                                          Dependency(JobRunnerRuntime, job_runner_runtime)],
-                       on_start=start_generation, on_stop=stop_generation,
-                       debug_views={"synthetic": active_shards_view})
-
-and the handlers read it as `ctx.dependency(JobRunnerRuntime)`.
+dependency of the spec (`Dependency(JobRunnerRuntime, job_runner_runtime)`, after the instance's
+`GenerationPool`); never a module global, so two instances in one process share nothing. Handlers
+read it as `ctx.dependency(JobRunnerRuntime)`.
 
 Transactions. The shard handler is a `long_running` bus handler (`app.py`): the consumer holds no
 transaction while it runs, so a running shard holds no database connection. The delivery's own final
@@ -17,22 +12,18 @@ returned `batch.shard.completed` and the writes deferred with `ctx.defer_write` 
 the shard's rows are written by `run_shard` through its own transaction, minutes later. The two are
 tied by a marker: the shard's SYNTHETIC_BATCH telemetry event carries the request's `message_id`.
 
-Lease. Before running, the handler claims the shard's `batch_shards` row in one short committed
-transaction (`shard_lease.claim_shard`), and a heartbeat renews the lease while the shard runs. What a
-delivery does is the lease decision (`shard_lease.decide`):
-- the marker exists (or the scheduler closed the row): the shard is reported completed again (same
-  message id, so the scheduler deduplicates it);
-- a live lease: its owner runs the shard, or was just killed (RabbitMQ redelivers at once). Wait for
-  the lease to move (`shard_lease.wait_for_lease`: one TTL plus a margin, a re-read every TTL/3):
-  renewed (or taken over), nothing is run or returned; lapsed, decide again (below), so a killed
-  runner's shard fails within about a TTL instead of at the scheduler's shard deadline;
-- no live lease but `initial_sent_at` is set: an earlier delivery may already have reserved the
-  miners' executors, so the shard is never re-run against them: a VALIDATOR_FAILURE event naming the
-  miners is written and the shard is reported failed (`ok=False`); no job rows are written for it,
-  so no miner is blamed;
-- otherwise the lease is taken and the shard runs.
-A request that arrives after its release deadline (plus a grace) and that nobody ran is not run
-either: failed, with the same event.
+Lease (docs/scheduling.md §9). Before running, the handler claims the shard's `batch_shards` row in
+one short committed transaction (`shard_lease.claim_shard`); a heartbeat renews it while the shard
+runs, and the shard sets `initial_sent_at` just before its first initial job request. A delivery does
+what the lease decision (`shard_lease.decide`) says:
+- the marker exists (or the scheduler closed the row): reported completed again (same message id);
+- a live lease: its owner runs it, or was just killed (RabbitMQ redelivers at once): wait for the
+  lease to move (`shard_lease.wait_for_lease`); renewed, nothing is done; lapsed, decide again;
+- no live lease but `initial_sent_at` set: the miners may already hold reserved executors, so it is
+  never re-run: a VALIDATOR_FAILURE event names the miners and it is reported failed, with no job
+  rows, so no miner is blamed;
+- otherwise (nobody reached its miners yet) the lease is taken and the shard runs.
+A request that arrives after its release deadline (plus a grace) that nobody ran is failed too.
 """
 
 from __future__ import annotations
@@ -153,7 +144,7 @@ class JobRunnerRuntime:
     # it: `job_runner_runtime_with(lease_ttl_s=...)`; no setting, every replica must agree on it).
     lease_ttl_s: float = LEASE_TTL_S
 
-    def deps(self) -> BatchDeps:
+    def deps(self, on_initial_send: Callable[[], Awaitable[None]] | None = None) -> BatchDeps:
         publish = self.publish
 
         async def publish_ready(msg: BatchShardReady) -> None:
@@ -168,6 +159,7 @@ class JobRunnerRuntime:
             job_factory=self.job_factory if self.job_factory is not None else PoolJobFactory(self.pool),
             release_waiter=self.releases,
             publish_ready=publish_ready if publish is not None else None,
+            on_initial_send=on_initial_send,
         )
 
 
@@ -257,7 +249,7 @@ async def handle_batch_shard_requested(
     if claim.decision is LeaseDecision.RUN:
         assert claim.lease is not None
         async with claim.lease.held():
-            return await _run(msg, runtime)
+            return await _run(msg, runtime, on_initial_send=claim.lease.mark_initial_sent)
     if claim.decision is LeaseDecision.ALREADY_DONE:
         return [_completed_again(msg, claim)]
     if claim.decision is LeaseDecision.HELD_ELSEWHERE:
@@ -311,6 +303,7 @@ async def _claim(
         owner=runtime.lease_owner,
         late=_is_late(msg, runtime),
         ttl_s=runtime.lease_ttl_s,
+        mark_initial_sent=False,  # set just before the first initial request (`on_initial_send`)
     )
     log.info(
         "batch.shard.claim",
@@ -323,7 +316,11 @@ async def _claim(
     return claim
 
 
-async def _run(msg: BatchShardRequested, runtime: JobRunnerRuntime) -> list[BatchShardCompleted]:
+async def _run(
+    msg: BatchShardRequested,
+    runtime: JobRunnerRuntime,
+    on_initial_send: Callable[[], Awaitable[None]] | None = None,
+) -> list[BatchShardCompleted]:
     """Run the shard and report it (raise `ShardNotPersisted` to get the failure reported on redelivery)."""
     key = (msg.batch_id, msg.shard_index)
     runtime.active[key] = {
@@ -332,7 +329,7 @@ async def _run(msg: BatchShardRequested, runtime: JobRunnerRuntime) -> list[Batc
         "miners": len(msg.miners),
     }
     try:
-        result = await run_shard(ShardRequest.from_message(msg), runtime.deps())
+        result = await run_shard(ShardRequest.from_message(msg), runtime.deps(on_initial_send))
     finally:
         runtime.active.pop(key, None)
     if not result.persisted and msg.miners:

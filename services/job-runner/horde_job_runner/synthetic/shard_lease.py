@@ -21,9 +21,10 @@ What a delivery of `batch.shard.requested` does is the pure `decide` (a table te
 - TOO_LATE: nobody ran it, but it arrived after its release deadline: reported failed, not run;
 - RUN: nobody ran it yet: claim the lease and run it.
 
-`initial_sent_at` is set when the lease is claimed for now (`mark_initial_sent=True`), which is the
-conservative "a redelivery never re-runs" rule; `ShardLease.mark_initial_sent` is there for setting it
-just before the first initial job request instead.
+`initial_sent_at` is set by `ShardLease.mark_initial_sent`, which the shard awaits just before its
+first initial job request (`BatchDeps.on_initial_send`): a shard whose runner died before reaching
+any miner is run again on redelivery; one that reached them is never re-sent. (`claim_shard(...,
+mark_initial_sent=True)` sets it at claim time instead: the conservative rule.)
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # fits String(128)
 
 
+class LeaseLost(RuntimeError):
+    """The shard lease is no longer ours (it lapsed and another runner took the shard)."""
+
+
 @dataclass
 class ShardLease:
     """A claimed lease: renewed by `held()`'s heartbeat, released when the shard ends."""
@@ -150,8 +155,15 @@ class ShardLease:
         return True
 
     async def mark_initial_sent(self) -> None:
-        """Record that the miners are about to get their initial job requests (never re-sent)."""
-        await self._update(initial_sent_at=func.coalesce(BatchShard.initial_sent_at, func.now()))
+        """Record that the miners are about to get their initial job requests (never re-sent).
+
+        `BatchDeps.on_initial_send`: raises `LeaseLost` when the lease is no longer ours, so a runner
+        that lost its shard to a redelivery sends nothing to its miners.
+        """
+        if await self._update(initial_sent_at=func.coalesce(BatchShard.initial_sent_at, func.now())) is None:
+            raise LeaseLost(
+                f"shard {self.batch_id}/{self.shard_index}: lease lost before the initial requests"
+            )
 
     async def release(self) -> None:
         """End the lease now (the owner stays on the row, for the record of who ran the shard)."""
@@ -361,6 +373,7 @@ __all__ = [
     "LEASE_TTL_S",
     "Claim",
     "LeaseDecision",
+    "LeaseLost",
     "LeaseWatch",
     "ShardLease",
     "ShardRow",
