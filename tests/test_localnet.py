@@ -19,7 +19,12 @@ import pytest
 from horde_common.service_ports import SERVICE_PORTS
 from horde_localnet.config import DEFAULT_TOPOLOGY
 
-ALL_PORTS = [*SERVICE_PORTS.values(), DEFAULT_TOPOLOGY.chain_port, DEFAULT_TOPOLOGY.miner_base_port]
+ALL_PORTS = [
+    *SERVICE_PORTS.values(),
+    DEFAULT_TOPOLOGY.chain_port,
+    DEFAULT_TOPOLOGY.miner_base_port,
+    DEFAULT_TOPOLOGY.facilitator_port,
+]
 
 
 def _listening(port: int) -> bool:
@@ -60,7 +65,7 @@ def test_up_detach_status_down(localnet_env: dict[str, str], tmp_path: Path) -> 
         assert status.returncode == 0, status.stdout
         assert "5/5 ready" in status.stdout
         pids = json.loads((tmp_path / ".horde" / "localnet.json").read_text())
-        assert set(pids) == {*SERVICE_PORTS, "chain", "miners"}
+        assert set(pids) == {*SERVICE_PORTS, "chain", "miners", "facilitator"}
     finally:
         down = horde(["localnet", "down"], localnet_env, tmp_path, timeout=60)
     assert down.returncode == 0, down.stderr

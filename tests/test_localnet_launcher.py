@@ -13,12 +13,25 @@ from horde_common.service_ports import SERVICE_PORTS
 from horde_localnet.config import DEFAULT_TOPOLOGY
 
 
-def test_the_default_is_the_five_services_and_the_simulators() -> None:
+def test_the_default_is_the_five_services_and_the_simulators(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FACILITATOR_URI", raising=False)
     specs = localnet.children(DEFAULT_TOPOLOGY)
-    assert [s.name for s in specs] == ["chain", "miners", *SERVICE_PORTS]
+    assert [s.name for s in specs] == ["chain", "miners", "facilitator", *SERVICE_PORTS]
     job_runner = next(s for s in specs if s.name == "job-runner")
     assert job_runner.argv[1:] == ["-m", "horde_job_runner"]  # unchanged: the service's own module
     assert localnet.start_stages(specs) == [specs]  # all at once, as before
+
+
+def test_the_gateway_uses_the_simulator_unless_a_facilitator_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FACILITATOR_URI", raising=False)
+    env = localnet.localnet_env(DEFAULT_TOPOLOGY)
+    assert env["FACILITATOR_URI"] == DEFAULT_TOPOLOGY.facilitator_url
+    assert env["FACILITATOR_V2_SIGNERS"]  # the simulator's signing key, so its V2 jobs are accepted
+    monkeypatch.setenv("FACILITATOR_URI", "wss://facilitator.example/ws/v0/")
+    assert localnet.localnet_env(DEFAULT_TOPOLOGY)["FACILITATOR_URI"] == "wss://facilitator.example/ws/v0/"
+    assert "facilitator" not in [s.name for s in localnet.children(DEFAULT_TOPOLOGY)]
 
 
 def test_replicas_get_their_own_ports_and_the_lease_ttl() -> None:

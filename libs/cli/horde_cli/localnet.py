@@ -21,7 +21,7 @@ import httpx
 
 from horde_common.service_ports import SERVICE_PORTS, service_module
 from horde_localnet.config import Topology
-from horde_localnet.keys import validator_seed
+from horde_localnet.keys import facilitator_hotkey, validator_hotkey, validator_seed
 
 STATE_DIR = Path(".horde")
 STATE_FILE = STATE_DIR / "localnet.json"
@@ -64,8 +64,17 @@ def localnet_env(topo: Topology) -> dict[str, str]:
         "S3_BUCKET_NAME_PROMPTS": "horde-prompts",
         "S3_BUCKET_NAME_ANSWERS": "horde-answers",
         "SERVICE_HOST": topo.host,
+        # The facilitator simulator, and the key it signs V2 jobs with (docs/organic.md §9).
+        "FACILITATOR_URI": topo.facilitator_url,
+        "FACILITATOR_V2_SIGNERS": facilitator_hotkey(),
     }
     return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
+
+
+def runs_facilitator_simulator() -> bool:
+    """Whether `localnet up` starts the facilitator simulator: not when the operator points the
+    gateway at a facilitator of their own with an explicit `FACILITATOR_URI`."""
+    return not os.environ.get("FACILITATOR_URI")
 
 
 def children(topo: Topology, *, job_runners: int = 1, lease_ttl_s: float | None = None) -> list[ChildSpec]:
@@ -101,6 +110,17 @@ def children(topo: Topology, *, job_runners: int = 1, lease_ttl_s: float | None 
             ready_port=topo.miner_port(topo.miner_count - 1),
         ),
     ]
+    if runs_facilitator_simulator():
+        facilitator = [py, "-m", "horde_localnet.facilitator", "--host", topo.host]
+        facilitator += ["--port", str(topo.facilitator_port)]
+        facilitator += ["--allowed-validator", validator_hotkey(topo.validator_index)]
+        sims.append(
+            ChildSpec(
+                "facilitator",
+                facilitator,
+                ready_url=f"http://{topo.host}:{topo.facilitator_port}/healthz",
+            )
+        )
     services = [
         ChildSpec(name, [py, "-m", service_module(name)], ready_url=f"http://{topo.host}:{port}/readyz")
         for name, port in SERVICE_PORTS.items()

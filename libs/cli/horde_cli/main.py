@@ -257,6 +257,22 @@ def localnet_up(
     _down({n: p.pid for n, p in procs.items()})
 
 
+@localnet_app.command("submit-job")
+def localnet_submit_job(
+    version: Annotated[str, typer.Option(help="V0, V1 or V2")] = "V2",
+    executor_class: Annotated[str, typer.Option()] = "spin_up-4min.gpu-24gb",
+    miner_hotkey: Annotated[str | None, typer.Option(help="V0/V1 miner (default: dev miner 0)")] = None,
+    docker_image: Annotated[str | None, typer.Option()] = None,
+    arg: Annotated[list[str] | None, typer.Option(help="container argument, repeatable")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to follow its statuses (0: don't)")] = 300.0,
+) -> None:
+    """Hand one organic job to the validator through the localnet facilitator; print its statuses."""
+    from horde_cli.submit_job import submit_job_command
+
+    kwargs = {"executor_class": executor_class, "miner_hotkey": miner_hotkey, "docker_image": docker_image}
+    raise typer.Exit(submit_job_command(_console(), _err(), version=version, args=arg, wait_s=wait, **kwargs))
+
+
 @localnet_app.command("down")
 def localnet_down() -> None:
     """Stop a localnet started with `--detach`."""
@@ -290,6 +306,8 @@ def _where_table(topo: Topology, job_runners: int = 1) -> Table:
     table.add_row("chain simulator", topo.chain_url)
     last = topo.miner_port(topo.miner_count - 1)
     table.add_row("miners", f"{topo.miner_count} on ws://{topo.host}:{topo.miner_base_port}..{last}")
+    if localnet.runs_facilitator_simulator():
+        table.add_row("facilitator simulator", f"{topo.facilitator_url}  (http: /jobs /stats)")
     for name, port in SERVICE_PORTS.items():
         table.add_row(name, f"http://{topo.host}:{port}  (/readyz /metrics /debug/)")
     for i in range(2, job_runners + 1):
