@@ -11,12 +11,14 @@ from horde_common.bus.messages import (
     BatchShardReady,
     BatchShardRequested,
     OrganicJobRequested,
+    OrganicJobStatus,
     TrustedJobRequested,
 )
 from horde_common.db.retention import prune_receipts
 from horde_common.service import Dependency, ServiceSpec
 from horde_common.service.housekeeping import housekeeping_loop
 from horde_common.service_ports import SERVICE_PORTS
+from horde_job_runner.organic.handler import OrganicRuntime, handle_organic_job_requested, organic_runtime
 from horde_job_runner.synthetic.generation_pool import GenerationPool, open_generation_pool
 from horde_job_runner.synthetic.handler import (
     JobRunnerRuntime,
@@ -50,10 +52,11 @@ async def on_batch_released(msg: BatchReleased, ctx: HandlerContext) -> None:
     await handle_batch_released(msg, ctx)
 
 
-@router.handler("job-runner.organic.job.requested", publishes=())
+@router.handler("job-runner.organic.job.requested", publishes=(), long_running=True)
 async def on_organic_job_requested(msg: OrganicJobRequested, ctx: HandlerContext) -> None:
-    """Organic jobs land with the facilitator issue."""
-    log.info("organic.job.requested", job_uuid=str(msg.job_uuid))
+    """Run one facilitator job on its miner(s) (docs/organic.md, "Running organic jobs"); its statuses
+    go out through the outbox with each row update, not as this handler's return."""
+    await handle_organic_job_requested(msg, ctx)
 
 
 @router.handler("job-runner.trusted.job.requested", publishes=())
@@ -70,11 +73,13 @@ SPEC = ServiceSpec(
     dependencies=[
         Dependency(GenerationPool, open_generation_pool),
         Dependency(JobRunnerRuntime, job_runner_runtime),
+        Dependency(OrganicRuntime, organic_runtime),
     ],
     publishes_outside_handlers={
         # Published by the running shard itself (not its handler's return): the scheduler's release
         # barrier must hear it while the handler is still waiting for `batch.released`.
         BatchShardReady: "`run_shard` (a direct publish once the shard's executors are ready)",
+        OrganicJobStatus: "`handle_organic_job_requested` (outbox rows with each attempt's `organic_jobs` update)",
     },
     on_start=start_generation,
     on_stop=stop_generation,
