@@ -50,6 +50,7 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
         ["batches", "--help"],
         ["weights", "--help"],
         ["debug", "set-scores", "--help"],
+        ["debug", "run-organic-job", "--help"],
         ["s3", "--help"],
     ],
 )

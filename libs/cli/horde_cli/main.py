@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from horde_cli.debug_organic import debug_run_organic_job  # loads typer only (see its docstring)
 from horde_common.service_ports import SERVICE_PORTS, service_module
 
 if TYPE_CHECKING:
@@ -332,6 +333,9 @@ def debug_run_synthetic_jobs(
     from horde_cli.debug_synthetic import run_synthetic_jobs_command
 
     run_synthetic_jobs_command(json_output)
+
+
+debug_app.command("run-organic-job")(debug_run_organic_job)  # body and options: horde_cli.debug_organic
 
 
 @debug_app.command("set-scores")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +50,33 @@ from horde_job_runner.synthetic.transport import (
     WebSocketTransport,
 )
 
-__all__ = ["OrganicRuntime", "handle_organic_job_requested", "organic_runtime", "run_organic_job"]
+__all__ = [
+    "OrganicRuntime",
+    "StatusListener",
+    "StatusNote",
+    "handle_organic_job_requested",
+    "organic_runtime",
+    "run_organic_job",
+]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StatusNote:
+    """A status just committed (row and outbox), as an in-process listener sees it: the facilitator
+    status (`accepted` / `rejected` / `failed` / `completed`), the comment and the job's output."""
+
+    job_uuid: uuid.UUID
+    miner_hotkey: str
+    status: str
+    comment: str = ""
+    stdout: str = ""
+    stderr: str = ""
+
+
+StatusListener = Callable[[StatusNote], None]
+"""Told of each status after its transaction committed; must not raise (it runs inside the job)."""
 
 
 @dataclass
@@ -69,6 +93,11 @@ class OrganicRuntime:
     blacklist: frozenset[str] = frozenset()
     # Test hook: overrides the dynamic-config timeouts (the service reads DYNAMIC_ORGANIC_JOB_*).
     timeouts: OrganicTimeouts | None = None
+    # `horde debug run-organic-job` prints the statuses as they happen (the service has no listener).
+    on_status: StatusListener | None = None
+    # Statuses go to the facilitator (through the outbox) only for the facilitator's own jobs: the
+    # CLI's jobs (`publish_statuses=False`) were never sent by it, as in the original.
+    publish_statuses: bool = True
 
 
 @contextlib.asynccontextmanager
@@ -152,7 +181,9 @@ async def _attempt(
 
     async def accepted() -> None:
         async with runtime.sessions() as session, session.begin():
-            await stage_accepted(session, job_uuid)
+            await stage_accepted(session, job_uuid, publish=runtime.publish_statuses)
+        if runtime.on_status is not None:
+            runtime.on_status(StatusNote(job_uuid, axon.hotkey, "accepted"))
 
     endpoint = MinerEndpoint(hotkey=axon.hotkey, uid=-1, address=axon.address, port=axon.port)
     outcome, events = await run_on_miner(
@@ -188,4 +219,7 @@ async def _write(
 ) -> None:
     """Row, events and status of one outcome, committed together."""
     async with runtime.sessions() as session, session.begin():
-        await stage_report(session, job_uuid, hotkey, result, events)
+        await stage_report(session, job_uuid, hotkey, result, events, publish=runtime.publish_statuses)
+    if runtime.on_status is not None:
+        note = StatusNote(job_uuid, hotkey, result.status, result.comment, result.stdout, result.stderr)
+        runtime.on_status(note)

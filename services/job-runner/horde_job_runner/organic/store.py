@@ -91,9 +91,11 @@ def _status(
     )
 
 
-async def stage_accepted(session: AsyncSession, job_uuid: uuid.UUID) -> None:
-    """The `accepted` status (the row stays PENDING until the job ends)."""
-    await add_to_outbox(session, _status(job_uuid, "accepted", "", accepted_response(str(job_uuid))))
+async def stage_accepted(session: AsyncSession, job_uuid: uuid.UUID, *, publish: bool = True) -> None:
+    """The `accepted` status (the row stays PENDING until the job ends); `publish=False` (a job the
+    facilitator never sent, e.g. from the CLI) keeps it off the bus."""
+    if publish:
+        await add_to_outbox(session, _status(job_uuid, "accepted", "", accepted_response(str(job_uuid))))
 
 
 async def stage_report(
@@ -102,9 +104,12 @@ async def stage_report(
     miner_hotkey: str,
     report: Report,
     extra_events: Sequence[SystemEventRecord] = (),
+    *,
+    publish: bool = True,
 ) -> None:
     """Row, event(s) and status of an outcome, in the caller's transaction (in that order, as the
-    original did). The event names the miner (the original named the validator there)."""
+    original did). The event names the miner (the original named the validator there). With
+    `publish=False` the status stays off the bus (a job the facilitator never sent)."""
     await session.execute(
         update(OrganicJob)
         .where(OrganicJob.job_uuid == job_uuid)
@@ -113,6 +118,7 @@ async def stage_report(
     data = {"job_uuid": str(job_uuid), "miner_hotkey": miner_hotkey}
     events = [*extra_events, SystemEventRecord(report.event_type, report.event_subtype, report.comment, data)]
     await record_events_bulk(session, events, service=SERVICE)
-    await add_to_outbox(
-        session, _status(job_uuid, report.status, report.comment, report.miner_response(str(job_uuid)))
-    )
+    if publish:
+        await add_to_outbox(
+            session, _status(job_uuid, report.status, report.comment, report.miner_response(str(job_uuid)))
+        )
