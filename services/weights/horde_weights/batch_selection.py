@@ -24,14 +24,16 @@ class BatchDescriptor:
     """What selection needs of a `synthetic_job_batches` row and its cycle.
 
     `started_at` is None for a batch that never ran (missed); `cycle_stop` (the cycle's exclusive
-    end block) is None for a batch without a cycle (an unstaggered debug batch). Datetimes are
-    timezone-aware, like the stored columns.
+    end block) is None for a batch without a cycle (an unstaggered debug batch); `completed` is
+    False while the batch's shards are still running or writing. Datetimes are timezone-aware, like
+    the stored columns.
     """
 
     batch_id: int
     started_at: datetime | None
     cycle_stop: int | None
     scored: bool = False
+    completed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +48,14 @@ class BatchSelection:
 def is_eligible(
     batch: BatchDescriptor, *, current_block: int, now: datetime, max_age: timedelta = MAX_BATCH_AGE
 ) -> bool:
-    """Unscored, started within `max_age` of `now` (inclusive), and its cycle over: the cycle's stop
-    block is below `current_block` (so the batch of the cycle still running is never taken)."""
+    """Unscored, completed, started within `max_age` of `now` (inclusive), and its cycle over: the
+    cycle's stop block is below `current_block` (so the batch of the cycle still running is never
+    taken). Completed: the reference did not wait for it, and a batch still running when its cycle
+    ended (short cycles, a slow batch) was scored from the rows written so far, every miner at 0 —
+    our fault, counted against the miners. Waiting for `completed_at` fixes that (docs/scoring.md §1.5)."""
     return (
         not batch.scored
+        and batch.completed
         and batch.started_at is not None
         and batch.started_at >= now - max_age
         and batch.cycle_stop is not None

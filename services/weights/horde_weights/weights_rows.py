@@ -84,15 +84,21 @@ async def try_lock(sessions: Sessions, key: int) -> AsyncIterator[bool]:
 
 
 async def unscored_batches(session: AsyncSession) -> list[BatchDescriptor]:
-    """Every unscored batch with its cycle's stop block (None without a cycle)."""
+    """Every unscored batch with its cycle's stop block (None without a cycle) and whether it completed."""
     rows = await session.execute(
-        select(SyntheticJobBatch.id, SyntheticJobBatch.started_at, Cycle.stop, SyntheticJobBatch.scored)
+        select(
+            SyntheticJobBatch.id,
+            SyntheticJobBatch.started_at,
+            Cycle.stop,
+            SyntheticJobBatch.scored,
+            SyntheticJobBatch.completed_at.is_not(None),
+        )
         .outerjoin(Cycle, Cycle.id == SyntheticJobBatch.cycle_id)
         .where(SyntheticJobBatch.scored.is_(False))
     )
     return [
-        BatchDescriptor(batch_id=bid, started_at=started, cycle_stop=stop, scored=scored)
-        for bid, started, stop, scored in rows.all()
+        BatchDescriptor(batch_id=bid, started_at=started, cycle_stop=stop, scored=scored, completed=done)
+        for bid, started, stop, scored, done in rows.all()
     ]
 
 

@@ -96,3 +96,13 @@ def test_exactly_one_scored_the_newest_and_the_rest_marked(
     shuffled = list(batches)
     rnd.shuffle(shuffled)
     assert select_batch(shuffled, current_block=current_block, now=NOW) == selection
+
+
+def test_a_batch_still_running_is_never_scored() -> None:
+    """Its cycle may be over (a short cycle, a slow batch): the rows written so far would score every
+    miner 0, our fault counted against them. It waits until it completes."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    running = BatchDescriptor(batch_id=7, started_at=now, cycle_stop=100, completed=False)
+    done = BatchDescriptor(batch_id=6, started_at=now, cycle_stop=100)
+    assert select_batch([running], current_block=200, now=now) == BatchSelection(to_score=None)
+    assert select_batch([running, done], current_block=200, now=now).to_score == 6
