@@ -65,7 +65,7 @@ def test_up_detach_status_down(localnet_env: dict[str, str], tmp_path: Path) -> 
         assert status.returncode == 0, status.stdout
         assert "5/5 ready" in status.stdout
         pids = json.loads((tmp_path / ".horde" / "localnet.json").read_text())
-        assert set(pids) == {*SERVICE_PORTS, "chain", "miners", "facilitator"}
+        assert set(pids) == {*SERVICE_PORTS, "s3", "chain", "miners", "facilitator"}
     finally:
         down = horde(["localnet", "down"], localnet_env, tmp_path, timeout=60)
     assert down.returncode == 0, down.stderr

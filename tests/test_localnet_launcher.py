@@ -15,8 +15,9 @@ from horde_localnet.config import DEFAULT_TOPOLOGY
 
 def test_the_default_is_the_five_services_and_the_simulators(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FACILITATOR_URI", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     specs = localnet.children(DEFAULT_TOPOLOGY)
-    assert [s.name for s in specs] == ["chain", "miners", "facilitator", *SERVICE_PORTS]
+    assert [s.name for s in specs] == ["s3", "chain", "miners", "facilitator", *SERVICE_PORTS]
     job_runner = next(s for s in specs if s.name == "job-runner")
     assert job_runner.argv[1:] == ["-m", "horde_job_runner"]  # unchanged: the service's own module
     assert localnet.start_stages(specs) == [specs]  # all at once, as before

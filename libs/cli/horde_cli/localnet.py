@@ -21,7 +21,7 @@ import httpx
 
 from horde_common.service_ports import SERVICE_PORTS, service_module
 from horde_localnet.config import Topology
-from horde_localnet.keys import facilitator_hotkey, validator_hotkey, validator_seed
+from horde_localnet.keys import facilitator_hotkey, miner_hotkey, validator_hotkey, validator_seed
 
 STATE_DIR = Path(".horde")
 STATE_FILE = STATE_DIR / "localnet.json"
@@ -61,8 +61,12 @@ def localnet_env(topo: Topology) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "localnet",
         "AWS_SECRET_ACCESS_KEY": "localnet",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "S3_BUCKET_NAME_PROMPTS": "horde-prompts",
-        "S3_BUCKET_NAME_ANSWERS": "horde-answers",
+        "S3_BUCKET_NAME_PROMPTS": topo.s3_bucket_prompts,
+        "S3_BUCKET_NAME_ANSWERS": topo.s3_bucket_answers,
+        # The simulated trusted miner the miners child serves (docs/crossval.md §8).
+        "TRUSTED_MINER_ADDRESS": topo.host,
+        "TRUSTED_MINER_PORT": str(topo.trusted_miner_port),
+        "TRUSTED_MINER_KEY": miner_hotkey(topo.trusted_miner_index),
         "SERVICE_HOST": topo.host,
         # The facilitator simulator, and the key it signs V2 jobs with (docs/organic.md §9).
         "FACILITATOR_URI": topo.facilitator_url,
@@ -86,7 +90,8 @@ def children(topo: Topology, *, job_runners: int = 1, lease_ttl_s: float | None 
     if job_runners < 1:
         raise ValueError(f"job_runners must be >= 1, got {job_runners}")
     py = sys.executable
-    sims = [
+    sims = [*s3_children(topo)]
+    sims += [
         ChildSpec(
             "chain",
             [
@@ -182,8 +187,32 @@ def run_job_runner(port: int, lease_ttl_s: float | None) -> None:
 
 
 def miner_fleet_args(topo: Topology) -> list[str]:
-    """Arguments of `python -m horde_localnet.miners` for the fleet the metagraph lists."""
-    return ["--metagraph", str(topo.metagraph_path), "--host", topo.host]
+    """Arguments of `python -m horde_localnet.miners` for the fleet the metagraph lists, plus the
+    trusted miner of the validator under test (docs/crossval.md §8)."""
+    trusted = ["--trusted-port", str(topo.trusted_miner_port)]
+    trusted += ["--trusted-validator", validator_hotkey(topo.validator_index)]
+    return ["--metagraph", str(topo.metagraph_path), "--host", topo.host, *trusted]
+
+
+def s3_children(topo: Topology) -> list[ChildSpec]:
+    """The `s3` child (`horde_cli.localnet_s3`): moto_server if needed, and the two buckets.
+
+    None when `AWS_ENDPOINT_URL` is blank (AWS itself): the operator provisions real buckets with
+    `horde s3 provision`. Ready once a public GET of this run's marker object in the answers bucket
+    answers 200, i.e. the buckets exist and are publicly readable.
+    """
+    import uuid
+
+    env = localnet_env(topo)
+    endpoint = env["AWS_ENDPOINT_URL"].strip().rstrip("/")
+    if not endpoint:
+        return []
+    from horde_cli.localnet_s3 import ready_key
+
+    marker = uuid.uuid4().hex
+    ready_url = f"{endpoint}/{env['S3_BUCKET_NAME_ANSWERS']}/{ready_key(marker)}"
+    argv = [sys.executable, "-m", "horde_cli.localnet_s3", "--marker", marker]
+    return [ChildSpec("s3", argv, ready_url=ready_url)]
 
 
 def _port_open(host: str, port: int) -> bool:

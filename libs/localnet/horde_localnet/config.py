@@ -26,9 +26,18 @@ class Topology:
     miner_count: int = 8
     miner_base_port: int = 9100
 
-    # facilitator simulator and S3 server
+    # facilitator simulator and S3 server (moto_server; started by `horde localnet up` when nothing
+    # listens there) with the two cross-validation buckets (docs/crossval.md §1, §8)
     facilitator_port: int = 9300
     s3_port: int = 9000
+    s3_bucket_prompts: str = "horde-prompts"
+    s3_bucket_answers: str = "horde-answers"
+
+    # the trusted miner (docs/crossval.md §8): one simulated miner in trusted mode, not on the chain,
+    # serving only the validator under test. Its dev key index is far above any fleet's miners, and
+    # its port clear of the fleet's (9100 + i) and of the facilitator's.
+    trusted_miner_port: int = 9250
+    trusted_miner_index: int = 1000
 
     # the validator under test signs as dev validator key `validator_index`
     validator_index: int = 0

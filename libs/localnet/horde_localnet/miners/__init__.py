@@ -10,6 +10,9 @@ connection joins the validator's unfinished jobs as soon as it opens and gets th
 as they come, before it authenticates. `MinerFleet(..., reconnect="legacy")` (CLI `--reconnect
 legacy`) keeps the earlier behaviour: nothing until the validator re-authenticates.
 
+`trusted_miner(validator_hotkey)` is the validator's own trusted miner (docs/crossval.md §8); LLM
+jobs (solver, prompt generator) run in `llm_jobs` with real HTTP transfers.
+
 Run standalone with `python -m horde_localnet.miners --help`. Exports are loaded lazily so that
 worker processes importing `horde_localnet.miners.solver` stay light.
 """
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from .fleet import MinerFleet
     from .miner import JobState, MinerConfig, MinerJob, SimulatedMiner
     from .solver import ExecutionResult, execute
+    from .trusted import trusted_miner
 
 _EXPORTS = {
     "Behaviour": "behaviours",
@@ -36,6 +40,7 @@ _EXPORTS = {
     "SimulatedMiner": "miner",
     "ExecutionResult": "solver",
     "execute": "solver",
+    "trusted_miner": "trusted",
 }
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "ReconnectMode",
     "SimulatedMiner",
     "execute",
+    "trusted_miner",
 ]
 
 

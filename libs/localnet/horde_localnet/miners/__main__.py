@@ -92,16 +92,46 @@ def build_parser() -> argparse.ArgumentParser:
             f" re-authentication (default: the metagraph's miners.reconnect, else {DEFAULT_RECONNECT_MODE})"
         ),
     )
+    p.add_argument(
+        "--trusted-port",
+        type=int,
+        default=None,
+        help="also serve a trusted miner on this port (docs/crossval.md §8): off the chain, only the"
+        " --trusted-validator, no miner-hotkey checks",
+    )
+    p.add_argument(
+        "--trusted-validator",
+        metavar="SS58",
+        default=None,
+        help="the one validator the trusted miner serves (default: the metagraph's first validator)",
+    )
+    p.add_argument(
+        "--trusted-executors",
+        type=_executors,
+        default=None,
+        help="the trusted miner's executors (default: always_on.llm.a6000=1)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
 
-async def _serve(fleet: Any) -> None:
+async def _serve(fleet: Any, trusted: Any = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await fleet.start()
+    if trusted is not None:  # before the fleet: its last port is what a launcher waits for
+        await trusted.start()
+        validator = next(iter(trusted.config.known_validators))
+        print(
+            f"trusted miner {trusted.hotkey} ws://{trusted.host}:{trusted.port} for {validator}", flush=True
+        )
+    try:
+        await fleet.start()
+    except BaseException:
+        if trusted is not None:
+            await trusted.stop()
+        raise
     for m in fleet.miners:
         print(
             f"miner {m.index} {m.hotkey} ws://{m.host}:{m.port} {m.config.behaviour}"
@@ -113,6 +143,8 @@ async def _serve(fleet: Any) -> None:
         await stop.wait()
     finally:
         await fleet.stop()
+        if trusted is not None:
+            await trusted.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,10 +186,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["known_validators"] = args.known_validator
     try:
         fleet = MinerFleet.from_spec(spec, **overrides)
-    except ValueError as exc:
+        trusted = None
+        if args.trusted_port is not None:
+            from horde_localnet.keys import validator_hotkey
+
+            from .trusted import trusted_miner
+
+            validator = args.trusted_validator or validator_hotkey(spec.validators[0].index)
+            host = args.host or spec.miners.host
+            trusted = trusted_miner(
+                validator, host=host, port=args.trusted_port, executors=args.trusted_executors
+            )
+    except (ValueError, IndexError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(fleet))
+    asyncio.run(_serve(fleet, trusted))
     return 0
 
 

@@ -31,6 +31,9 @@ class Behaviour(StrEnum):
     reaches the validator's next connection as `ReconnectMode` says: pushed as soon as the job ends
     (`real`, even before authentication), or after re-authentication (`legacy`, and in both modes
     when the job ended while no connection was open; docs/miner-protocol.md §1.6 step 5)."""
+    WRONG_LLM_ANSWERS = "wrong_llm_answers"
+    """Honest, except that LLM solver jobs upload answers that differ from `horde_localnet.llm.answer`
+    (`llm.wrong_answer`): the job finishes, the answers file is there, cross-validation must fail it."""
     UNKNOWN_VALIDATOR = "unknown_validator"
     """Treats every validator as unknown: `GenericError "Unknown validator: ..."`, close 1000."""
 

@@ -24,6 +24,13 @@ READY_RESEND_MAX_AGE = 600
 REJOIN_MAX_AGE = 24 * 3600
 RECEIPTS_MAX_AGE = timedelta(hours=24)  # the receipts endpoint serves the last 24 h, like the miner's
 MAX_FRAME = 50 * 2**20  # the protocol's frame limit (docs/miner-protocol.md §1.3)
+# LLM jobs (docs/crossval.md §8): a series or workload file is ~240 short prompts, well under 100 KiB;
+# 4 MiB refuses a broken or hostile URL long before it costs memory.
+LLM_MAX_DOWNLOAD_BYTES = 4 * 2**20
+# The LLM job's whole limit is 48 s (download, solve, upload); a download or an upload taking 10 s
+# is a stuck server, and failing early leaves the validator a clear reason instead of a timeout.
+LLM_DOWNLOAD_TIMEOUT_S = 10.0
+LLM_UPLOAD_TIMEOUT_S = 10.0
 
 SIMULATED_SPECS: dict[str, Any] = {
     "gpu": {
@@ -74,3 +81,14 @@ class MinerConfig:
     raw_manifest: list[dict[str, Any]] | None = None  # sent verbatim instead of `executors` (edge cases)
     clock: Callable[[], float] = time.time
     reconnect: ReconnectMode = DEFAULT_RECONNECT_MODE  # what a reconnect gets before authenticating
+    # Trusted mode (docs/crossval.md §8): the validator's own local miner. It accepts exactly the one
+    # validator of `known_validators` and does not check the miner hotkey of auth payloads and
+    # receipts (the validator may not know the trusted miner's key).
+    trusted: bool = False
+    llm_max_download_bytes: int = LLM_MAX_DOWNLOAD_BYTES
+    llm_download_timeout: float = LLM_DOWNLOAD_TIMEOUT_S
+    llm_upload_timeout: float = LLM_UPLOAD_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.trusted and (self.known_validators is None or len(self.known_validators) != 1):
+            raise ValueError("a trusted miner accepts exactly one validator: give one known validator")

@@ -38,6 +38,7 @@ from .behaviours import Behaviour
 from .config import SIMULATED_SPECS, Runner
 from .delivery import JobDelivery
 from .jobs import JobState, MinerJob, ValidatorLink
+from .llm_jobs import LlmLimits, llm_job_kind, run_llm_job
 from .solver import ExecutionResult, execute
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,20 @@ class JobLifecycle(JobDelivery):
 
     async def _execute(self, job: MinerJob, request: V0JobRequest) -> ExecutionResult:
         volume = job.initial.volume if job.initial.volume is not None else request.volume
+        limit = job.initial.timeout_seconds
+        kind = llm_job_kind(request)
+        if kind is not None:  # the LLM images: real downloads and uploads (llm_jobs)
+            config = self.config
+            limits = LlmLimits(
+                config.llm_max_download_bytes, config.llm_download_timeout, config.llm_upload_timeout
+            )
+            wrong = self.behaviour is Behaviour.WRONG_LLM_ANSWERS
+            try:
+                return await asyncio.wait_for(
+                    run_llm_job(kind, volume, request, limits, wrong_answers=wrong), limit
+                )
+            except TimeoutError:
+                return ExecutionResult(None, "", f"job timed out after {limit} s")
         spec = {
             "volume": None if volume is None else volume.model_dump(mode="json"),
             "raw_script": request.raw_script,
@@ -177,7 +192,6 @@ class JobLifecycle(JobDelivery):
             "docker_image_name": request.docker_image_name,
             "run_scripts": self.config.run_scripts,
         }
-        limit = job.initial.timeout_seconds
         try:
             return await asyncio.wait_for(self._runner(execute, spec), limit)
         except TimeoutError:

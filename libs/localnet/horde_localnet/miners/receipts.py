@@ -27,9 +27,14 @@ VALIDATOR_PATH = re.compile(r"^/v0\.1/validator_interface/(?P<hotkey>[^/?#]+)/?(
 RECEIPTS_PATH = "/receipts/receipts.csv"
 
 
-def check_and_sign(keypair: Any, payload: Any, signature: str, validator: str) -> tuple[Receipt | None, str]:
-    """The receipt counter-signed with `keypair`, or None and the reason the miner would reject it."""
-    if payload.miner_hotkey != str(keypair.ss58_address):
+def check_and_sign(
+    keypair: Any, payload: Any, signature: str, validator: str, *, check_miner_hotkey: bool = True
+) -> tuple[Receipt | None, str]:
+    """The receipt counter-signed with `keypair`, or None and the reason the miner would reject it.
+
+    A trusted miner (`check_miner_hotkey=False`) takes receipts naming any miner hotkey: the
+    validator may not know its key (docs/crossval.md §8)."""
+    if check_miner_hotkey and payload.miner_hotkey != str(keypair.ss58_address):
         return None, "wrong miner hotkey"
     if payload.validator_hotkey != validator:
         return None, "wrong validator hotkey"
