@@ -17,37 +17,35 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
+from enum import Enum
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.bus import HandlerContext
 from horde_common.bus.messages import MinerEndpoint, OrganicJobRequested
 from horde_common.db.models.enums import JobStatus
 from horde_common.dynamic_config import DynamicConfig
 from horde_common.service import ServiceContext
-from horde_common.telemetry.events import SystemEventRecord
 from horde_job_runner.organic.details import JobDetailsError, MinerJobSpec, job_spec
-from horde_job_runner.organic.outcomes import OutcomeKind, Report, miner_name, not_run_report, report
-from horde_job_runner.organic.run import ORGANIC_TRANSPORT, OrganicTimeouts, run_on_miner
+from horde_job_runner.organic.outcomes import OutcomeKind, miner_name, not_run_report, report
+from horde_job_runner.organic.resume import ResumeEnd, ResumePoint, resume_job
+from horde_job_runner.organic.run import OrganicTimeouts, run_on_miner
+from horde_job_runner.organic.runtime import (
+    OrganicRuntime,
+    StatusListener,
+    StatusNote,
+    sleep_kwargs,
+    write_report,
+)
 from horde_job_runner.organic.selection import pick_v2_miner
 from horde_job_runner.organic.store import (
     Axon,
     assign_miner,
+    attempt_started,
     load_job,
     lookup_axon,
     stage_accepted,
-    stage_report,
-)
-from horde_job_runner.synthetic.model import Clock, SystemClock
-from horde_job_runner.synthetic.transport import (
-    Sleep,
-    TransportFactory,
-    TransportSettings,
-    WebSocketTransport,
 )
 
 __all__ = [
@@ -62,42 +60,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class StatusNote:
-    """A status just committed (row and outbox), as an in-process listener sees it: the facilitator
-    status (`accepted` / `rejected` / `failed` / `completed`), the comment and the job's output."""
+class _Taken(Enum):
+    """Another consumer of the same job assigned this attempt first (`store.assign_miner`)."""
 
-    job_uuid: uuid.UUID
-    miner_hotkey: str
-    status: str
-    comment: str = ""
-    stdout: str = ""
-    stderr: str = ""
-
-
-StatusListener = Callable[[StatusNote], None]
-"""Told of each status after its transaction committed; must not raise (it runs inside the job)."""
-
-
-@dataclass
-class OrganicRuntime:
-    """What organic jobs need, one per service instance. `blacklist`: hotkeys never chosen for V2
-    jobs (empty in the service: no facilitator flow blacklists, docs/organic.md)."""
-
-    sessions: async_sessionmaker[AsyncSession]
-    keypair: Any
-    clock: Clock = field(default_factory=SystemClock)
-    transport_factory: TransportFactory = WebSocketTransport
-    transport_settings: TransportSettings = ORGANIC_TRANSPORT
-    sleep: Sleep | None = None  # None: asyncio.sleep (tests pass a no-op for connect backoff)
-    blacklist: frozenset[str] = frozenset()
-    # Test hook: overrides the dynamic-config timeouts (the service reads DYNAMIC_ORGANIC_JOB_*).
-    timeouts: OrganicTimeouts | None = None
-    # `horde debug run-organic-job` prints the statuses as they happen (the service has no listener).
-    on_status: StatusListener | None = None
-    # Statuses go to the facilitator (through the outbox) only for the facilitator's own jobs: the
-    # CLI's jobs (`publish_statuses=False`) were never sent by it, as in the original.
-    publish_statuses: bool = True
+    TAKEN = "taken"
 
 
 @contextlib.asynccontextmanager
@@ -117,8 +83,9 @@ async def handle_organic_job_requested(msg: OrganicJobRequested, ctx: HandlerCon
 
 
 async def run_organic_job(runtime: OrganicRuntime, msg: OrganicJobRequested) -> None:
-    """Run one stored facilitator job; a row that is gone or no longer PENDING is not run again
-    (a redelivery of a job that already ended)."""
+    """Run one stored facilitator job. A row that is gone or no longer PENDING is not run again (a
+    redelivery of a job that already ended); a PENDING row whose attempt had started is resumed on
+    its miner, not run again (docs/organic.md, "Running organic jobs: resuming after a crash")."""
     job_uuid = msg.job_uuid
     async with runtime.sessions() as session:
         row = await load_job(session, job_uuid)
@@ -127,39 +94,64 @@ async def run_organic_job(runtime: OrganicRuntime, msg: OrganicJobRequested) -> 
             log.info("organic.skipped", job_uuid=str(job_uuid), status=None if row is None else row.status)
             return
         request, executor_class, named_miner = row.request, row.executor_class, row.miner_hotkey
+        resume_at = ResumePoint.of(row) if attempt_started(row) else None
     timeouts = runtime.timeouts or OrganicTimeouts(
         float(config.organic_job_timeout_s), float(config.organic_job_wait_timeout_s)
     )
     try:
         spec = job_spec(str(job_uuid), executor_class, request)
     except JobDetailsError as exc:
-        await _write(runtime, job_uuid, named_miner, not_run_report(f"Job failed to trigger due to: {exc}"))
+        await write_report(
+            runtime, job_uuid, named_miner, not_run_report(f"Job failed to trigger due to: {exc}")
+        )
         return
     if spec.env:
         log.info("organic.env_not_forwarded", job_uuid=str(job_uuid), keys=len(spec.env))
     attempts = max(1, int(config.organic_job_max_retries)) if spec.chooses_miner else 1
-    for attempt in range(1, attempts + 1):
+    first = 1
+    if resume_at is not None:
+        if await resume_job(runtime, spec, resume_at, timeouts) is ResumeEnd.ENDED:
+            return
+        first = resume_at.attempt + 1
+    for attempt in range(first, attempts + 1):
         chosen = await _choose(runtime, spec, job_uuid, named_miner or msg.miner_hotkey, attempt)
+        if chosen is _Taken.TAKEN:  # a second consumer of this job: follow the other's attempt
+            if attempt == 1:
+                await _resume_taken(runtime, spec, job_uuid, timeouts)
+            return
         if chosen is None:  # no V2 candidate: the job ends here
             if attempt == 1:
                 comment = f"No available miners with executor class {spec.executor_class}"
-                await _write(runtime, job_uuid, "", not_run_report(comment))
+                await write_report(runtime, job_uuid, "", not_run_report(comment))
             return
         hotkey, axon = chosen
         if axon is None:
             comment = f"Miner with hotkey={hotkey} not present in this subnetwork"
-            await _write(runtime, job_uuid, hotkey, not_run_report(comment))
+            if not await write_report(runtime, job_uuid, hotkey, not_run_report(comment)):
+                return
             continue
-        if await _attempt(runtime, spec, job_uuid, axon, timeouts):
+        if not await _attempt(runtime, spec, job_uuid, axon, timeouts):
             return
         log.info(
             "organic.attempt_failed", job_uuid=str(job_uuid), attempt=attempt, retries_left=attempts - attempt
         )
 
 
+async def _resume_taken(
+    runtime: OrganicRuntime, spec: MinerJobSpec, job_uuid: uuid.UUID, timeouts: OrganicTimeouts
+) -> None:
+    """Another consumer started the first attempt a moment ago: resume it (it may die too); the
+    final status is written once, whichever of the two gets there first."""
+    async with runtime.sessions() as session:
+        row = await load_job(session, job_uuid)
+        point = ResumePoint.of(row) if row is not None and attempt_started(row) else None
+    if point is not None:
+        await resume_job(runtime, spec, point, timeouts)
+
+
 async def _choose(
     runtime: OrganicRuntime, spec: MinerJobSpec, job_uuid: uuid.UUID, named: str, attempt: int
-) -> tuple[str, Axon | None] | None:
+) -> tuple[str, Axon | None] | _Taken | None:
     """Pick the attempt's miner and write it to the row, in one transaction (for V2 under the
     pick lock, so the write moves the shared round-robin pointer). None: no V2 candidate."""
     async with runtime.sessions() as session, session.begin():
@@ -170,19 +162,22 @@ async def _choose(
         else:
             hotkey = named
         axon = await lookup_axon(session, hotkey)
-        await assign_miner(session, job_uuid, hotkey, axon, attempt)
+        if not await assign_miner(session, job_uuid, hotkey, axon, attempt):
+            return _Taken.TAKEN
     return hotkey, axon
 
 
 async def _attempt(
     runtime: OrganicRuntime, spec: MinerJobSpec, job_uuid: uuid.UUID, axon: Axon, timeouts: OrganicTimeouts
 ) -> bool:
-    """One attempt on one miner, its statuses written as it goes; True if the job completed."""
+    """One attempt on one miner, its statuses written as it goes. True: a V2 job may try again (the
+    attempt failed and its report was written); False: the job ended (completed, or another
+    consumer of the job wrote its final status)."""
 
     async def accepted() -> None:
         async with runtime.sessions() as session, session.begin():
-            await stage_accepted(session, job_uuid, publish=runtime.publish_statuses)
-        if runtime.on_status is not None:
+            staged = await stage_accepted(session, job_uuid, publish=runtime.publish_statuses)
+        if staged and runtime.on_status is not None:
             runtime.on_status(StatusNote(job_uuid, axon.hotkey, "accepted"))
 
     endpoint = MinerEndpoint(hotkey=axon.hotkey, uid=-1, address=axon.address, port=axon.port)
@@ -195,31 +190,18 @@ async def _attempt(
         clock=runtime.clock,
         transport_factory=runtime.transport_factory,
         transport_settings=runtime.transport_settings,
-        **_sleep(runtime.sleep),
+        **sleep_kwargs(runtime.sleep),
     )
     name = miner_name(axon.hotkey, axon.address, axon.port)
     result = report(
         outcome, name=name, job_uuid=str(job_uuid), total_s=timeouts.total_s, wait_s=timeouts.wait_s
     )
-    await _write(runtime, job_uuid, axon.hotkey, result, events)
-    log.info("organic.attempt", job_uuid=str(job_uuid), miner=axon.hotkey, outcome=str(outcome.kind))
-    return outcome.kind is OutcomeKind.FINISHED
-
-
-def _sleep(sleep: Sleep | None) -> dict[str, Sleep]:
-    return {} if sleep is None else {"sleep": sleep}
-
-
-async def _write(
-    runtime: OrganicRuntime,
-    job_uuid: uuid.UUID,
-    hotkey: str,
-    result: Report,
-    events: Sequence[SystemEventRecord] = (),
-) -> None:
-    """Row, events and status of one outcome, committed together."""
-    async with runtime.sessions() as session, session.begin():
-        await stage_report(session, job_uuid, hotkey, result, events, publish=runtime.publish_statuses)
-    if runtime.on_status is not None:
-        note = StatusNote(job_uuid, hotkey, result.status, result.comment, result.stdout, result.stderr)
-        runtime.on_status(note)
+    written = await write_report(runtime, job_uuid, axon.hotkey, result, events)
+    log.info(
+        "organic.attempt",
+        job_uuid=str(job_uuid),
+        miner=axon.hotkey,
+        outcome=str(outcome.kind),
+        written=written,
+    )
+    return written and outcome.kind is not OutcomeKind.FINISHED

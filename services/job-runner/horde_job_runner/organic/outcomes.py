@@ -17,6 +17,7 @@ __all__ = [
     "OutcomeKind",
     "Report",
     "accepted_response",
+    "lost_report",
     "miner_name",
     "not_run_report",
     "report",
@@ -144,6 +145,23 @@ def not_run_report(comment: str) -> Report:
     """A job that could not be tried on any miner (unknown miner, no miner available, a request
     that cannot become a miner job): one final `failed` status with the reason as its comment."""
     return Report(str(JobStatus.FAILED), comment, "", "", _FAIL, str(Sub.JOB_NOT_STARTED), "failed", None)
+
+
+def lost_report(name: str) -> Report:
+    """A resumed attempt whose miner said nothing of the job by its deadline (docs/organic.md,
+    "Running organic jobs: resuming after a crash"): the outcome may have gone to the consumer that
+    died, so the validator, not the miner, is named as the cause."""
+    comment = f"job-runner restarted during the job; miner {name} did not report its outcome in time"
+    return Report(
+        str(JobStatus.FAILED),
+        comment,
+        "",
+        "",
+        str(SystemEventType.VALIDATOR_FAILURE),
+        str(Sub.ORGANIC_JOB_RESUMED),
+        "failed",
+        None,
+    )
 
 
 def _secs(value: float) -> str:

@@ -43,7 +43,18 @@ from horde_job_runner.synthetic.transport import (
     WebSocketTransport,
 )
 
-__all__ = ["ORGANIC_TRANSPORT", "MinerConversation", "OrganicTimeouts", "run_on_miner"]
+__all__ = [
+    "ORGANIC_TRANSPORT",
+    "MinerConversation",
+    "OrganicTimeouts",
+    "job_request",
+    "make_link",
+    "post_accepted_receipt",
+    "run_on_miner",
+    "send_finished_receipt",
+    "send_within",
+    "track_job",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +144,111 @@ async def _wait_for(conversation: MinerConversation, done: Callable[[], bool], t
     return True
 
 
+def make_link(
+    endpoint: MinerEndpoint,
+    keypair: Any,
+    conversation: MinerConversation,
+    *,
+    clock: Clock,
+    transport_factory: TransportFactory,
+    transport_settings: TransportSettings,
+    sleep: Sleep,
+) -> MinerLink:
+    """The batch's miner link (transport + sans-I/O session) for one organic job's conversation."""
+    session = MinerSession.with_keypair(
+        keypair, miner_hotkey=endpoint.hotkey, miner_address=endpoint.address, miner_port=endpoint.port
+    )
+    return MinerLink(
+        endpoint,
+        session,
+        clock=clock,
+        listener=conversation,
+        transport_factory=transport_factory,
+        transport_settings=transport_settings,
+        sleep=sleep,
+        rng=random.random,
+    )
+
+
+def track_job(link: MinerLink, spec: MinerJobSpec, total_s: float) -> JobState:
+    """Register the job with the link and its session: only then are the miner's answers taken."""
+    job = JobState(
+        job_uuid=spec.job_uuid,
+        miner_hotkey=link.hotkey,
+        executor_class=spec.executor_class,
+        generator=cast(Any, None),  # organic jobs have no generator: the link never reads it
+        spin_up=float(job_spin_up_time(spec.executor_class)),
+        timeout=total_s,
+    )
+    link.jobs[spec.job_uuid] = job
+    link.session.register_job(spec.job_uuid, spec.executor_class)
+    return job
+
+
+def job_request(spec: MinerJobSpec) -> V0JobRequest:
+    """The `V0JobRequest` of the job (the full volume and upload go here, docs/organic.md)."""
+    return V0JobRequest(
+        job_uuid=spec.job_uuid,
+        executor_class=spec.executor_class,
+        docker_image_name=spec.docker_image,
+        raw_script=spec.raw_script,
+        docker_run_options_preset=spec.preset,
+        docker_run_cmd=spec.args,
+        volume=spec.volume,
+        output_upload=spec.output_upload,
+    )
+
+
+def post_accepted_receipt(
+    link: MinerLink,
+    conversation: MinerConversation,
+    keypair: Any,
+    job_uuid: str,
+    *,
+    time_accepted: datetime,
+    ttl: int,
+    now: datetime,
+) -> None:
+    """Send the signed JobAccepted receipt (best effort: a failure is only an event)."""
+    payload = JobAcceptedReceiptPayload(
+        job_uuid=job_uuid,
+        miner_hotkey=link.hotkey,
+        validator_hotkey=link.session.validator_hotkey,
+        timestamp=now,
+        time_accepted=time_accepted,
+        ttl=ttl,
+    )
+    receipt = V0JobAcceptedReceiptRequest(
+        payload=payload, signature=sign(keypair, payload.blob_for_signing())
+    )
+    link.post(dumps(receipt), timeout_s=RECEIPT_SEND_S, on_failure=conversation.receipt_failed)
+
+
+async def send_finished_receipt(
+    link: MinerLink,
+    conversation: MinerConversation,
+    keypair: Any,
+    job_uuid: str,
+    *,
+    time_started: datetime,
+    time_took_us: int,
+    now: datetime,
+) -> None:
+    """Send the JobFinished receipt (score `SCORE_STR`) and wait a moment for it to go out."""
+    _, _, frame = finished_receipt_frame(
+        lambda blob: sign(keypair, blob),
+        job_uuid=job_uuid,
+        miner_hotkey=link.hotkey,
+        validator_hotkey=link.session.validator_hotkey,
+        time_started=time_started,
+        time_took_us=time_took_us,
+        score_str=SCORE_STR,
+        now=now,
+    )
+    link.post(frame, timeout_s=RECEIPT_SEND_S, on_failure=conversation.receipt_failed)
+    await link.flush(CLOSE_GRACE_S)
+
+
 async def run_on_miner(
     spec: MinerJobSpec,
     endpoint: MinerEndpoint,
@@ -147,18 +263,14 @@ async def run_on_miner(
 ) -> tuple[Outcome, list[SystemEventRecord]]:
     """Run `spec` on the miner at `endpoint`; never raises for anything the miner does."""
     conversation = MinerConversation(spec.job_uuid, endpoint.hotkey)
-    session = MinerSession.with_keypair(
-        keypair, miner_hotkey=endpoint.hotkey, miner_address=endpoint.address, miner_port=endpoint.port
-    )
-    link = MinerLink(
+    link = make_link(
         endpoint,
-        session,
+        keypair,
+        conversation,
         clock=clock,
-        listener=conversation,
         transport_factory=transport_factory,
         transport_settings=transport_settings,
         sleep=sleep,
-        rng=random.random,
     )
     try:
         try:
@@ -188,16 +300,7 @@ async def _converse(
     def left() -> float:
         return max(0.0, deadline - clock.monotonic())
 
-    job = JobState(
-        job_uuid=spec.job_uuid,
-        miner_hotkey=link.hotkey,
-        executor_class=spec.executor_class,
-        generator=cast(Any, None),  # organic jobs have no generator: the link never reads it
-        spin_up=float(job_spin_up_time(spec.executor_class)),
-        timeout=timeouts.total_s,
-    )
-    link.jobs[spec.job_uuid] = job
-    session.register_job(spec.job_uuid, spec.executor_class)
+    job = track_job(link, spec, timeouts.total_s)
     started = JobStartedReceiptPayload(
         job_uuid=spec.job_uuid,
         miner_hotkey=link.hotkey,
@@ -220,7 +323,7 @@ async def _converse(
     )
     not_accepted = Outcome(OutcomeKind.NOT_ACCEPTED_IN_TIME)
     try:
-        if not await _send(link, session.outgoing(initial, clock.now()), left()):
+        if not await send_within(link, session.outgoing(initial, clock.now()), left()):
             return not_accepted
         if not await _wait_for(
             conversation, lambda: job.accepted or job.declined, min(left(), timeouts.wait_s)
@@ -231,18 +334,15 @@ async def _converse(
             detail = dumps(view.accept) if view is not None and view.accept is not None else ""
             return Outcome(OutcomeKind.DECLINED, detail=detail)
         await on_accepted()
-        accepted_payload = JobAcceptedReceiptPayload(
-            job_uuid=spec.job_uuid,
-            miner_hotkey=link.hotkey,
-            validator_hotkey=validator,
-            timestamp=clock.now(),
+        post_accepted_receipt(
+            link,
+            conversation,
+            keypair,
+            spec.job_uuid,
             time_accepted=conversation.accepted_at or clock.now(),
             ttl=int(left()),
+            now=clock.now(),
         )
-        receipt = V0JobAcceptedReceiptRequest(
-            payload=accepted_payload, signature=sign(keypair, accepted_payload.blob_for_signing())
-        )
-        link.post(dumps(receipt), timeout_s=RECEIPT_SEND_S, on_failure=conversation.receipt_failed)
         ready = await _wait_for(
             conversation, lambda: job.executor_ready or job.executor_failed, min(left(), timeouts.wait_s)
         )
@@ -252,17 +352,7 @@ async def _converse(
             view = session.job(spec.job_uuid)
             detail = dumps(view.executor) if view is not None and view.executor is not None else ""
             return Outcome(OutcomeKind.EXECUTOR_FAILED, accepted=True, detail=detail)
-        request = V0JobRequest(
-            job_uuid=spec.job_uuid,
-            executor_class=spec.executor_class,
-            docker_image_name=spec.docker_image,
-            raw_script=spec.raw_script,
-            docker_run_options_preset=spec.preset,
-            docker_run_cmd=spec.args,
-            volume=spec.volume,
-            output_upload=spec.output_upload,
-        )
-        sent = await _send(link, session.outgoing(request, clock.now()), left())
+        sent = await send_within(link, session.outgoing(job_request(spec), clock.now()), left())
         if not sent or not await _wait_for(conversation, lambda: job.has_final, left()):
             return Outcome(OutcomeKind.FINAL_TIMEOUT, accepted=True)
         if job.final_kind == "finished":
@@ -274,21 +364,18 @@ async def _converse(
         )
     finally:
         # Sent whatever happened once the initial request may have gone out (docs/organic.md).
-        _, _, frame = finished_receipt_frame(
-            lambda blob: sign(keypair, blob),
-            job_uuid=spec.job_uuid,
-            miner_hotkey=link.hotkey,
-            validator_hotkey=validator,
+        await send_finished_receipt(
+            link,
+            conversation,
+            keypair,
+            spec.job_uuid,
             time_started=start_at,
             time_took_us=int((clock.monotonic() - start_mono) * 1_000_000),
-            score_str=SCORE_STR,
             now=clock.now(),
         )
-        link.post(frame, timeout_s=RECEIPT_SEND_S, on_failure=conversation.receipt_failed)
-        await link.flush(CLOSE_GRACE_S)
 
 
-async def _send(link: MinerLink, frame: str, timeout_s: float) -> bool:
+async def send_within(link: MinerLink, frame: str, timeout_s: float) -> bool:
     """Send within the stage's time left (the transport retries a failing send until then)."""
     if timeout_s <= 0:
         return False
