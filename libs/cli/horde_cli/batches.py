@@ -27,6 +27,7 @@ STATEMENT_TIMEOUT_MS = 5_000
 # The scheduler view's bounds (services/scheduler/horde_scheduler/batch_views.py), for the same answer.
 MAX_CHECKPOINT_STAGES = 200
 MAX_STATUSES = 20
+MAX_EXCUSED_MINERS = 1024
 CLOCK_SKEW_MARGIN = timedelta(minutes=10)
 MAX_BATCH_ID = 2**63 - 1
 
@@ -39,13 +40,14 @@ _BATCH_COLUMNS = """
     b.is_missed, b.scored, b.shard_count
 """
 LIST_SQL = f"""
-SELECT {_BATCH_COLUMNS}, j.ok, j.failed, j.pending, j.excluded, j.miners
+SELECT {_BATCH_COLUMNS}, j.ok, j.excused, j.failed, j.pending, j.excluded, j.miners
 FROM (SELECT * FROM synthetic_job_batches ORDER BY id DESC LIMIT $1) AS b
 LEFT JOIN cycles AS c ON c.id = b.cycle_id
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE status = 'COMPLETED') AS ok,
+           count(*) FILTER (WHERE status = 'EXCUSED') AS excused,
            count(*) FILTER (WHERE status = 'FAILED') AS failed,
-           count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'FAILED')) AS pending,
+           count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'EXCUSED', 'FAILED')) AS pending,
            count(*) FILTER (WHERE excluded_from_scoring) AS excluded,
            count(DISTINCT miner_hotkey) AS miners
     FROM synthetic_jobs WHERE batch_id = b.id
@@ -62,6 +64,11 @@ SELECT status, count(*) AS n, count(*) FILTER (WHERE excluded_from_scoring) AS e
 FROM synthetic_jobs WHERE batch_id = $1 GROUP BY status ORDER BY status LIMIT {MAX_STATUSES}
 """
 MINERS_SQL = "SELECT count(DISTINCT miner_hotkey) FROM synthetic_jobs WHERE batch_id = $1"
+# Declines excused by our own organic jobs, per miner (docs/synthetic-batch.md §9).
+EXCUSED_SQL = f"""
+SELECT miner_hotkey, count(*) AS n FROM synthetic_jobs WHERE batch_id = $1 AND status = 'EXCUSED'
+GROUP BY miner_hotkey ORDER BY miner_hotkey LIMIT {MAX_EXCUSED_MINERS}
+"""
 # The job-runner tags every CHECKPOINT event with the batch's uuid (docs/synthetic-batch.md §1).
 CHECKPOINTS_SQL = f"""
 SELECT coalesce(data->>'stage', long_description) AS stage,
@@ -129,6 +136,7 @@ def list_entry(row: Mapping[str, Any]) -> dict[str, Any]:
         "shard_count": row["shard_count"],
         "jobs": {
             "ok": row["ok"],
+            "excused": row["excused"],
             "failed": row["failed"],
             "pending": row["pending"],
             "excluded_from_scoring": row["excluded"],
@@ -138,7 +146,11 @@ def list_entry(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def detail(
-    row: Mapping[str, Any], statuses: Sequence[Mapping[str, Any]], miners: int, checkpoints: Sequence[Any]
+    row: Mapping[str, Any],
+    statuses: Sequence[Mapping[str, Any]],
+    miners: int,
+    checkpoints: Sequence[Any],
+    excused: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """`horde batches show --json`: the same document as the scheduler's `/debug/batches/<key>`."""
     by_status = {str(s["status"]): int(s["n"]) for s in statuses}
@@ -160,6 +172,8 @@ def detail(
             "total": sum(by_status.values()),
             "by_status": dict(sorted(by_status.items())),
             "excluded_from_scoring": sum(int(s["excluded"]) for s in statuses),
+            "excused": by_status.get("EXCUSED", 0),
+            "excused_by_miner": {str(e["miner_hotkey"]): int(e["n"]) for e in excused},
         },
         "miners": miners,
         "checkpoints": [
@@ -230,7 +244,8 @@ def fetch_one(url: str, key: int | uuid.UUID) -> dict[str, Any] | None:
         miners = await conn.fetchval(MINERS_SQL, row["id"])
         since = row["created_at"] - CLOCK_SKEW_MARGIN if row["created_at"] is not None else None
         checkpoints = await conn.fetch(CHECKPOINTS_SQL, str(row["batch_uuid"]), since)
-        return detail(row, statuses, int(miners), checkpoints)
+        excused = await conn.fetch(EXCUSED_SQL, row["id"])
+        return detail(row, statuses, int(miners), checkpoints, excused)
 
     return asyncio.run(_read(url, query))
 
@@ -254,12 +269,13 @@ def _cycle_text(cycle: dict[str, Any] | None) -> str:
 
 
 def batches_table(entries: Sequence[dict[str, Any]], limit: int) -> Table:
-    """The list as a table, newest first; times in UTC (the database's), jobs as ok/failed/excluded."""
+    """The list as a table, newest first; times in UTC (the database's), jobs as
+    ok/excused/failed/excluded."""
     title = f"synthetic batches: newest {len(entries)}" + (
         f" (--limit {limit})" if len(entries) == limit else ""
     )
     table = Table(title=title, title_justify="left", caption="times UTC", caption_justify="left")
-    numbers = ("id", "block", "shards", "jobs ok/failed/excl", "miners")
+    numbers = ("id", "block", "shards", "jobs ok/excused/failed/excl", "miners")
     for name in ("id", "block", "cycle", "created", "started", "completed", "state", *numbers[2:]):
         table.add_column(
             name, justify="right" if name in numbers else "left", style="bold" if name == "id" else None
@@ -275,7 +291,8 @@ def batches_table(entries: Sequence[dict[str, Any]], limit: int) -> Table:
             _when(e["completed_at"]),
             _state(e["state"]),
             str(e["shard_count"]),
-            f"[green]{jobs['ok']}[/]/[red]{jobs['failed']}[/]/[dim]{jobs['excluded_from_scoring']}[/]",
+            f"[green]{jobs['ok']}[/]/[cyan]{jobs['excused']}[/]/[red]{jobs['failed']}[/]"
+            f"/[dim]{jobs['excluded_from_scoring']}[/]",
             str(e["miners"]),
         )
     return table
@@ -300,6 +317,7 @@ def batch_renderable(doc: dict[str, Any]) -> Group:
         ("shards", str(doc["shard_count"])),
         ("jobs", f"{jobs['total']} ({by_status})"),
         ("excluded from scoring", str(jobs["excluded_from_scoring"])),
+        ("excused", _excused_text(jobs)),
         ("miners", str(doc["miners"])),
     ):
         fields.add_row(name, value)
@@ -311,6 +329,12 @@ def batch_renderable(doc: dict[str, Any]) -> Group:
     if not doc["checkpoints"]:
         stages.add_row("[dim]none recorded[/]", "", "", "")
     return Group(fields, stages)
+
+
+def _excused_text(jobs: Mapping[str, Any]) -> str:
+    """The excused declines, with the miners they belong to: `3 (5F…: 2, 5G…: 1)`."""
+    per_miner = ", ".join(f"{escape(hk)}: {n}" for hk, n in jobs["excused_by_miner"].items())
+    return f"{jobs['excused']} ({per_miner})" if per_miner else str(jobs["excused"])
 
 
 def print_error(err: Console, message: str) -> None:

@@ -97,6 +97,7 @@ async def _seed(sessions: Sessions) -> dict[str, SyntheticJobBatch]:
             ("m1", "COMPLETED", False),
             ("m2", "FAILED", True),
             ("m2", "FAILED", False),
+            ("m2", "EXCUSED", False),  # declined while busy with our organic job
         ):
             s.add(
                 SyntheticJob(
@@ -144,7 +145,7 @@ async def test_list(sessions: Sessions, batches_database_url: str) -> None:
     by_state = {e["state"]: e for e in entries}
     assert set(by_state) == {"planned", "running", "completed", "missed"}
     done = by_state["completed"]
-    assert done["jobs"] == {"ok": 2, "failed": 2, "pending": 0, "excluded_from_scoring": 1}
+    assert done["jobs"] == {"ok": 2, "excused": 1, "failed": 2, "pending": 0, "excluded_from_scoring": 1}
     assert (done["miners"], done["shard_count"], done["block"]) == (2, 2, 1030)
     assert done["cycle"]["start"] == 1000 and done["cycle"]["stop"] == 1722
     assert by_state["running"]["cycle"] is None and by_state["running"]["jobs"]["pending"] == 1
@@ -155,7 +156,7 @@ async def test_list(sessions: Sessions, batches_database_url: str) -> None:
 
     table = horde("batches", database_url=batches_database_url)
     assert table.returncode == 0, table.stderr
-    for word in ("planned", "running", "completed", "missed", "1000–1722", "2/2/1", "12-01 12:00:00"):
+    for word in ("planned", "running", "completed", "missed", "1000–1722", "2/1/2/1", "12-01 12:00:00"):
         assert word in table.stdout, (word, table.stdout)
 
 
@@ -175,8 +176,10 @@ async def test_show_matches_the_debug_view(sessions: Sessions, batches_database_
         "completed",
         "BATCH_BEGIN",
         "_get_manifests",
-        "COMPLETED 2, FAILED 2",
+        "COMPLETED 2, EXCUSED 1, FAILED 2",
         "excluded from scoring",
+        "excused",
+        "1 (m2: 1)",
     ):
         assert word in shown.stdout, (word, shown.stdout)
     bad = horde("batches", "show", "not-a-batch", database_url=batches_database_url)

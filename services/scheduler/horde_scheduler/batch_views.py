@@ -19,6 +19,7 @@ from sqlalchemy import and_, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from horde_common.db.models import Cycle, Neuron, SyntheticJob, SyntheticJobBatch, SystemEvent
+from horde_common.db.models.enums import JobStatus
 from horde_common.event_types import SystemEventSubtype, SystemEventType
 from horde_common.service import ServiceContext
 from horde_common.service.app import DebugKeyError
@@ -31,8 +32,11 @@ STATEMENT_TIMEOUT_MS = 3_000
 # A batch records about ten stages per shard; 200 rows is every stage of 20 shards, far more than
 # any batch has, and caps the answer if the events table holds something unexpected.
 MAX_CHECKPOINT_STAGES = 200
-# Job statuses are a three-value enum; the cap only bounds the grouped query.
+# Job statuses are a four-value enum; the cap only bounds the grouped query.
 MAX_STATUSES = 20
+# Miners listed with their excused jobs: a batch tests at most a few hundred miners (256 uids); the
+# cap only bounds the answer.
+MAX_EXCUSED_MINERS = 1024
 # CHECKPOINT events are timestamped by the job-runner's clock, the batch row by Postgres's; the batch
 # row exists before any of its events, and this margin absorbs clock skew between the two machines.
 CLOCK_SKEW_MARGIN = timedelta(minutes=10)
@@ -62,11 +66,13 @@ class BatchRow:
 
 @dataclass(frozen=True, slots=True)
 class JobCounts:
-    """A batch's `synthetic_jobs`: how many per status, how many excluded from scoring, how many miners."""
+    """A batch's `synthetic_jobs`: how many per status, how many excluded from scoring, how many miners,
+    and the excused declines per miner (docs/synthetic-batch.md §9)."""
 
     by_status: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
     miners: int = 0
+    excused_by_miner: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,8 @@ def format_batch(row: BatchRow, counts: JobCounts, checkpoints: list[Checkpoint]
             "total": sum(counts.by_status.values()),
             "by_status": dict(sorted(counts.by_status.items())),
             "excluded_from_scoring": counts.excluded,
+            "excused": counts.by_status.get(JobStatus.EXCUSED, 0),
+            "excused_by_miner": dict(sorted(counts.excused_by_miner.items())),
         },
         "miners": counts.miners,
         "checkpoints": [
@@ -249,7 +257,8 @@ async def read_batch(session: AsyncSession, key: int | uuid.UUID) -> BatchRow | 
 
 
 async def read_job_counts(session: AsyncSession, batch_id: int) -> JobCounts:
-    """The batch's jobs per status, the excluded ones, and the distinct miners they tested."""
+    """The batch's jobs per status, the excluded ones, the distinct miners they tested, and the
+    excused declines of each miner that has any."""
     jobs = SyntheticJob.__table__
     rows = (
         await session.execute(
@@ -268,10 +277,20 @@ async def read_job_counts(session: AsyncSession, batch_id: int) -> JobCounts:
             select(func.count(func.distinct(jobs.c.miner_hotkey))).where(jobs.c.batch_id == batch_id)
         )
     ).scalar_one()
+    excused = (
+        await session.execute(
+            select(jobs.c.miner_hotkey, func.count())
+            .where(jobs.c.batch_id == batch_id, jobs.c.status == str(JobStatus.EXCUSED))
+            .group_by(jobs.c.miner_hotkey)
+            .order_by(jobs.c.miner_hotkey)
+            .limit(MAX_EXCUSED_MINERS)
+        )
+    ).all()
     return JobCounts(
         by_status={str(r[0]): int(r[1]) for r in rows},
         excluded=sum(int(r[2]) for r in rows),
         miners=int(miners),
+        excused_by_miner={str(r[0]): int(r[1]) for r in excused},
     )
 
 

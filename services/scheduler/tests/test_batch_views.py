@@ -126,6 +126,9 @@ async def _seed(sessions: Sessions) -> dict[str, SyntheticJobBatch]:
                 ("m1", "COMPLETED", False),
                 ("m2", "FAILED", True),
                 ("m2", "FAILED", False),
+                ("m2", "EXCUSED", False),  # declined while busy with our organic job
+                ("m3", "EXCUSED", False),
+                ("m3", "EXCUSED", False),
             ]
         ):
             s.add(
@@ -220,11 +223,13 @@ async def test_batch_view_of_a_completed_batch(ctx: ServiceContext, sessions: Se
     assert by_id["completed_at"] == (T0 + timedelta(minutes=6)).isoformat()
     assert (by_id["scored"], by_id["is_missed"], by_id["shard_count"]) == (True, False, 2)
     assert by_id["jobs"] == {
-        "total": 4,
-        "by_status": {"COMPLETED": 2, "FAILED": 2},
+        "total": 7,
+        "by_status": {"COMPLETED": 2, "EXCUSED": 3, "FAILED": 2},
         "excluded_from_scoring": 1,
+        "excused": 3,
+        "excused_by_miner": {"m2": 1, "m3": 2},
     }
-    assert by_id["miners"] == 2
+    assert by_id["miners"] == 3
     assert [c["stage"] for c in by_id["checkpoints"]] == ["BATCH_BEGIN", "_get_manifests", "BATCH_END"]
     begin = by_id["checkpoints"][0]
     assert begin == {
@@ -240,7 +245,13 @@ async def test_batch_view_of_missed_and_running_batches(ctx: ServiceContext, ses
     missed = await batch_view(ctx, str(rows["missed"].id))
     assert missed is not None
     assert (missed["state"], missed["is_missed"], missed["started_at"]) == ("missed", True, None)
-    assert missed["jobs"] == {"total": 0, "by_status": {}, "excluded_from_scoring": 0}
+    assert missed["jobs"] == {
+        "total": 0,
+        "by_status": {},
+        "excluded_from_scoring": 0,
+        "excused": 0,
+        "excused_by_miner": {},
+    }
     assert missed["checkpoints"] == []
 
     running = await batch_view(ctx, str(rows["running"].batch_uuid))

@@ -2,7 +2,8 @@
 
 docs/scoring.md §1.1–§1.4. The job-runner has already judged every job and stored its final score,
 the manifest ("dance") multiplier included; this module only reads those scores: it never recomputes
-a job's score nor applies the multiplier again. Steps: keep the jobs that count (§1.2), aggregate
+a job's score nor applies the multiplier again (an excused decline counts at its base score, never
+multiplied). Steps: keep the jobs that count (§1.2), aggregate
 per class and hotkey (§1.3), scale each class to its weight and add the classes up (§1.4).
 Pure: typed values in, typed values out, no clock and no I/O.
 """
@@ -45,6 +46,8 @@ class ScoredJob:
     ran with, times `multiplier` when the dance bonus applied. `multiplier` (the stored
     `score_manifest_multiplier`) and `success` are carried for reports only; scoring uses `score`
     as it is. `excluded` (`excluded_from_scoring`) marks a job lost to the validator's own fault.
+    `excused` (status `EXCUSED`) marks a decline our own organic job explains: it counts as a
+    completed job of its class at its base score, never multiplied (docs/scoring.md §1.2).
     """
 
     miner_hotkey: str
@@ -53,6 +56,7 @@ class ScoredJob:
     success: bool = False
     excluded: bool = False
     multiplier: float | None = None
+    excused: bool = False
 
     def __post_init__(self) -> None:
         # The job-runner stores 0 or a positive score; anything else is a corrupt row, and letting it
@@ -64,6 +68,12 @@ class ScoredJob:
     def base_score(self) -> float:
         """The score before the dance multiplier (for reports: scoring never uses it)."""
         return self.score / self.multiplier if self.multiplier else self.score
+
+    @property
+    def counted_score(self) -> float:
+        """What the job adds to its class: the stored score, or for an excused job its base score
+        (the job-runner stores it without a multiplier; a multiplier on such a row is not honoured)."""
+        return self.base_score if self.excused else self.score
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +151,7 @@ def score_batch_by_class(
     weights = effective_class_weights(class_weights)
     grouped: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for job in counted_jobs(jobs, weights):
-        grouped[job.executor_class][job.miner_hotkey].append(job.score)
+        grouped[job.executor_class][job.miner_hotkey].append(job.counted_score)
 
     by_class: dict[str, dict[str, float]] = {}
     for executor_class in sorted(grouped):

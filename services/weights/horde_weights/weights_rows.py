@@ -119,9 +119,10 @@ async def batch_jobs(session: AsyncSession, batch_id: int) -> list[ScoredJob]:
             miner_hotkey=hotkey,
             executor_class=executor_class,
             score=score,
-            success=status == JobStatus.COMPLETED,
+            success=status in (JobStatus.COMPLETED, JobStatus.EXCUSED),
             excluded=excluded,
             multiplier=multiplier,
+            excused=status == JobStatus.EXCUSED,
         )
         for hotkey, executor_class, score, status, excluded, multiplier in rows.all()
     ]

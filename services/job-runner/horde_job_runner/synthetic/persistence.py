@@ -24,11 +24,11 @@ import functools
 import json
 import operator
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,10 +38,12 @@ from horde_common.db.models import (
     JobFinishedReceipt,
     JobStartedReceipt,
     MinerManifest,
+    OrganicJob,
     SyntheticJob,
     SyntheticJobBatch,
     SystemEvent,
 )
+from horde_common.db.models.enums import JobStatus
 from horde_common.telemetry import SystemEventSubtype, SystemEventType, record_events_bulk
 from horde_common.telemetry.events import emit_events, event_rows
 from horde_job_runner.synthetic.model import DynamicValues
@@ -131,6 +133,43 @@ class BatchStore:
                 .limit(1)
             )
             return found is not None
+
+    async def organic_runs(
+        self, hotkeys: Collection[str], since: datetime, until: datetime, max_age: timedelta
+    ) -> list[tuple[str, str, str, datetime, datetime | None]]:
+        """Our organic jobs on these miners that may have run between `since` and `until` (the
+        excused declines, docs/synthetic-batch.md §9): assigned at most `max_age` before `since`
+        and not after `until`; still PENDING and accepted by the miner (the accept moves
+        `updated_at` past the assignment's `created_at`), or finished at or after `since`. Each as
+        (job uuid, miner, class, assigned at = `created_at`, finished at = `updated_at` or None).
+        """
+        wanted = list(set(hotkeys))
+        if not wanted:
+            return []
+        pending = OrganicJob.status == str(JobStatus.PENDING)
+        accepted = OrganicJob.updated_at > OrganicJob.created_at
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        OrganicJob.job_uuid,
+                        OrganicJob.miner_hotkey,
+                        OrganicJob.executor_class,
+                        OrganicJob.created_at,
+                        OrganicJob.updated_at,
+                        pending,
+                    ).where(
+                        OrganicJob.miner_hotkey.in_(wanted),
+                        OrganicJob.created_at <= until,
+                        OrganicJob.created_at >= since - max_age,
+                        or_(pending & accepted, ~pending & (OrganicJob.updated_at >= since)),
+                    )
+                )
+            ).all()
+        return [
+            (str(job_uuid), hotkey, executor_class, created, None if is_pending else updated)
+            for job_uuid, hotkey, executor_class, created, updated, is_pending in rows
+        ]
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from horde_common.db.models.enums import JobStatus
 from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS, ExecutorClass
 from horde_common.telemetry import SystemEventRecord, SystemEventSubtype, SystemEventType
 from horde_job_runner.synthetic import receipts as rc
@@ -147,7 +148,10 @@ def _telemetry_events(
     for job in jobs:
         c = per_class.setdefault(str(job.executor_class), Counter())
         c["total"] += 1
-        c["successful" if job.success else "failed"] += 1
+        if job.status == JobStatus.EXCUSED:
+            c["excused"] += 1  # declined while busy with our organic job (docs/synthetic-batch.md §9)
+        else:
+            c["successful" if job.success else "failed"] += 1
         if job.correct is True:
             c["correct"] += 1
         elif job.correct is False:

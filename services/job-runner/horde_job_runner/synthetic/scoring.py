@@ -16,6 +16,8 @@ from typing import Final
 from horde_common.protocol.miner.executor_class import ExecutorClass
 
 __all__ = [
+    "EXCUSED_COMMENT",
+    "EXCUSED_JOB_SCORE",
     "MAX_EXECUTORS_PER_CLASS",
     "MAX_EXECUTORS_PER_MINER",
     "CappedCounts",
@@ -41,6 +43,15 @@ MAX_EXECUTORS_PER_CLASS: Final = 128
 # Over all classes of one miner: two full classes. Bounds one miner's share of a batch's generation
 # (~0.4 s of worker CPU, ~16 MB of payloads) even where a dynamic per-class cap is higher.
 MAX_EXECUTORS_PER_MINER: Final = 256
+
+# The score of an excused decline (docs/synthetic-batch.md "Excused declines"): what a correct answer
+# in time scores in every class under weights versions 3 and 4 (docs/miner-protocol.md §3.13; 4 in
+# production), never multiplied: the executor was not tested, so no dance bonus is earned. The older
+# time-based formulas have no per-class constant; there it is still 1, the reference's own value for
+# an excused job.
+EXCUSED_JOB_SCORE: Final = 1.0
+# The stored comment of an excused job (the batch views count jobs by their status, not this text).
+EXCUSED_COMMENT: Final = "excused: executor busy with an organic job of this validator"
 
 
 @dataclass(frozen=True, slots=True)

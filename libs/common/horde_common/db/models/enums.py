@@ -13,6 +13,9 @@ class JobStatus(StrEnum):
     PENDING = "PENDING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    # A synthetic job the miner declined while its executor ran our own organic job: scored as a
+    # completed job of its class, without the multiplier (docs/synthetic-batch.md "Excused declines").
+    EXCUSED = "EXCUSED"
 
 
 class OrganicJobSource(StrEnum):
