@@ -102,9 +102,17 @@ class S3UploadError(S3Error):
 
 
 class S3DownloadError(S3Error):
-    """A download failed: non-2xx, unreachable, too large or too slow."""
+    """A download failed: non-2xx, unreachable, too large or too slow.
+
+    `status`: the HTTP status S3 answered with, None when it did not answer (unreachable, too
+    slow), so a caller can tell a missing object (404/403) from an S3 it could not reach.
+    """
 
     subtype = SystemEventSubtype.ERROR_DOWNLOADING_FROM_S3
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class S3ObjectTooLarge(S3DownloadError):
@@ -262,7 +270,9 @@ async def download_bytes(
                         if len(head) >= _ERROR_BODY_BYTES:
                             break
                     code = _s3_code(bytes(head))
-                    raise S3DownloadError(f"GET {shown}: HTTP {response.status_code}{code}")
+                    raise S3DownloadError(
+                        f"GET {shown}: HTTP {response.status_code}{code}", status=response.status_code
+                    )
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                     raise S3ObjectTooLarge(f"GET {shown}: {declared} bytes, more than {max_bytes}")

@@ -1,5 +1,5 @@
 """Synthetic job generators: hashcat (docs/miner-protocol.md §3.13) and LLM prompts
-(docs/miner-protocol.md §3.14, interface only).
+(docs/miner-protocol.md §3.14; docs/synthetic-batch.md, "LLM jobs").
 
 Pure modules: no I/O and no clock (the caller passes `now`). Building a hashcat job is CPU-heavy
 (~1 ms); build many off the event loop.

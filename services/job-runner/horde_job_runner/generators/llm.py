@@ -1,21 +1,49 @@
-"""LLM prompt jobs for `always_on.llm.a6000` (docs/miner-protocol.md §3.14): the interface only.
+"""LLM prompt jobs for `always_on.llm.a6000` (docs/miner-protocol.md §3.14; docs/synthetic-batch.md,
+"LLM jobs").
 
-The prompt material (answered `PromptSample`s, their series URL and workload seed, a pre-signed PUT
-URL for the answers) comes from the cross-validation pipeline. Until a sample is supplied the
-generator cannot be built: `NoPromptsAvailable` is raised, and the job-runner then generates no LLM
-jobs for the batch and records `VALIDATOR_TELEMETRY/INSUFFICIENT_PROMPTS` (docs/miner-protocol.md §3.6).
+One job per LLM executor, each over one answered prompt sample prepared by the cross-validator: the
+miner runs the prompt solver on the sample's whole series file with the sample's workload seed and
+uploads its answers through a presigned PUT; after the batch the job-runner downloads them
+(`synthetic/llm_answers.py`) and hands them to `set_answers`; `verify` compares the sampled prompts'
+answers with the trusted ones (`horde_common.crossval.check_answers`, docs/crossval.md §7.5).
+
+The solver image, its argv and the answers file name come from `horde_common.crossval`, which the
+cross-validator's answering job uses too: only identical runs give comparable answers.
+Without a sample the generator cannot be built (`NoPromptsAvailable`): the shard then generates no
+LLM job (docs/miner-protocol.md §3.6).
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from horde_common.crossval import (
+    LLM_JOB_TIMEOUT_S,
+    SOLVER_IMAGE,
+    ExpectedPrompt,
+    answers_file_name,
+    check_answers,
+    solver_cmd,
+)
 
 from .base import PRESET_NVIDIA_ALL, Entropy, JobGenerator, OutputUpload, Verdict, Volume
 
-LLM_TIMEOUT_SECONDS = 48
-LLM_IMAGE = "docker.io/backenddevelopersltd/compute-horde-prompt-solver:v0-latest"
+__all__ = [
+    "LLM_IMAGE",
+    "LLM_JOB_DESCRIPTION",
+    "LLM_TIMEOUT_SECONDS",
+    "LlmPromptSample",
+    "LlmPromptsJobGenerator",
+    "NoPromptsAvailable",
+]
+
+LLM_TIMEOUT_SECONDS = LLM_JOB_TIMEOUT_S
+LLM_IMAGE = SOLVER_IMAGE
+# Stored as `SyntheticJob.job_description`; the reference's wording, which dashboards match on.
+LLM_JOB_DESCRIPTION = "LLM prompts synthetic job"
 
 
 class NoPromptsAvailable(Exception):
@@ -25,22 +53,35 @@ class NoPromptsAvailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LlmPromptSample:
-    """One answered prompt sample: its series file, the workload seed and the trusted answers."""
+    """Everything one LLM job needs about its sample and its answers file.
+
+    `series_url`: the public URL of the sample's series (the job's input, all its prompts).
+    `seed`: the sample's workload seed (the trusted answers were made with it).
+    `expected_answers`: the sampled prompts -> trusted answers, in the sample's prompt order.
+    `answers_put_url`: the presigned PUT the miner uploads `solved/{file_uuid}.json` through.
+    `answers_url`: the public URL the validator reads that file back from (None: not known, tests).
+    `file_uuid`: names the input and the answers file; must be the uuid the PUT URL was signed for
+    (None: drawn by the generator, for tests that do not upload).
+    `sample_id`: the `prompt_samples` row, marked used after the batch.
+    """
 
     series_url: str
     seed: int
-    expected_answers: dict[str, str]
+    expected_answers: Mapping[str, str]
     answers_put_url: str
-    sample_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    answers_url: str | None = None
+    file_uuid: uuid.UUID | None = None
+    sample_id: int | None = None
+
+    def expected(self) -> tuple[ExpectedPrompt, ...]:
+        return tuple(ExpectedPrompt(p, a) for p, a in self.expected_answers.items())
 
 
 class LlmPromptsJobGenerator(JobGenerator):
     """An LLM prompt job over one prompt sample.
 
-    Cheap to build (no hashing); `verify` needs the answers downloaded after the job
-    (docs/miner-protocol.md §3.9),
-    given with `set_answers`.
+    Cheap to build (no hashing, built on the event loop). `verify` needs the answers downloaded
+    after the job (docs/miner-protocol.md §3.9), given with `set_answers`.
     """
 
     def __init__(
@@ -53,12 +94,15 @@ class LlmPromptsJobGenerator(JobGenerator):
     ) -> None:
         if sample is None:
             raise NoPromptsAvailable("no answered prompt sample for an LLM job")
+        # No `rng` (production): the job and file uuids come from the OS CSPRNG. The answers file
+        # is publicly readable at a URL built from `file_uuid`, so a guessable one would let a
+        # miner copy another miner's answers.
         entropy = Entropy(rng)
         self.executor_class = executor_class
         self.miner_hotkey = miner_hotkey
         self.sample = sample
         self.job_uuid: uuid.UUID = entropy.uuid4()
-        self.file_uuid: uuid.UUID = entropy.uuid4()
+        self.file_uuid: uuid.UUID = sample.file_uuid if sample.file_uuid is not None else entropy.uuid4()
         self.answers: dict[str, str] | None = None
 
     def base_docker_image_name(self) -> str:
@@ -71,16 +115,11 @@ class LlmPromptsJobGenerator(JobGenerator):
         return PRESET_NVIDIA_ALL
 
     def docker_run_cmd(self) -> list[str]:
-        return [
-            "--temperature=0.5",
-            "--top-p=0.8",
-            "--max-tokens=256",
-            "--seed",
-            str(self.sample.seed),
-            f"/volume/{self.file_uuid}.txt",
-        ]
+        return solver_cmd(self.sample.seed, self.file_uuid)
 
     def volume(self) -> Volume:
+        """The whole series file, not only the sampled prompts: the miner cannot tell which of
+        them will be checked."""
         return {
             "volume_type": "multi_volume",
             "volumes": [
@@ -102,7 +141,7 @@ class LlmPromptsJobGenerator(JobGenerator):
                 {
                     "output_upload_type": "single_file_put",
                     "url": self.sample.answers_put_url,
-                    "relative_path": f"{self.file_uuid}.json",
+                    "relative_path": answers_file_name(self.file_uuid),
                     "signed_headers": None,
                 }
             ],
@@ -112,20 +151,22 @@ class LlmPromptsJobGenerator(JobGenerator):
     def timeout_seconds(self) -> int:
         return LLM_TIMEOUT_SECONDS
 
-    def set_answers(self, answers: dict[str, str] | None) -> None:
-        """The prompt -> answer JSON downloaded from the answers bucket (None if the download failed)."""
-        self.answers = answers
+    def set_answers(self, answers: Mapping[str, str] | None) -> None:
+        """The downloaded prompt -> answer object (None: no usable answers).
+
+        Only the sampled prompts' answers are kept: a miner's file holds ~240 answers (more if it
+        is hostile), and the shard keeps every job's generator until it is stored.
+        """
+        if answers is None:
+            self.answers = None
+            return
+        self.answers = {p: answers[p] for p in self.sample.expected_answers if p in answers}
 
     def verify(self, stdout: str, time_took: float) -> Verdict:
-        # stdout is not looked at for LLM jobs; the downloaded answers are.
-        answers = self.answers or {}
-        for prompt in self.sample.expected_answers:
-            if prompt not in answers:
-                return Verdict(False, "result does not contain all answers", 0.0)
-        for prompt, expected in self.sample.expected_answers.items():
-            if answers[prompt] != expected:
-                return Verdict(False, "results does not match expected answers", 0.0)
-        return Verdict(True, "", 1.0)
+        """The answers against the trusted ones; stdout is not looked at (the time limit is the
+        caller's, docs/miner-protocol.md §3.10)."""
+        verdict = check_answers(self.sample.expected(), self.answers)
+        return Verdict(verdict.correct, verdict.comment, verdict.score)
 
     def job_description(self) -> str:
-        return "LLM prompts synthetic job"
+        return LLM_JOB_DESCRIPTION

@@ -37,7 +37,9 @@ from collections import Counter
 from datetime import datetime
 
 from horde_common.telemetry import SystemEventSubtype, SystemEventType
+from horde_job_runner.synthetic import llm_answers, llm_samples
 from horde_job_runner.synthetic.batch_start import BatchStart, read_batch_start
+from horde_job_runner.synthetic.excuses import excuse_busy_declines
 from horde_job_runner.synthetic.finish import score, send_finished_receipts
 from horde_job_runner.synthetic.ledger import JobLedger
 from horde_job_runner.synthetic.link_events import ManifestIntake, ShardListener
@@ -46,7 +48,6 @@ from horde_job_runner.synthetic.manifests import (
     ManifestOutcome,
     collect_jobs,
     collect_manifests,
-    report_insufficient_prompts,
 )
 from horde_job_runner.synthetic.message_ids import completed_message_id, ready_message_id
 from horde_job_runner.synthetic.model import BatchDeps, DynamicValues, JobState, ShardRequest, ShardResult
@@ -146,6 +147,8 @@ class _Shard:
             # Stored with the rows: the reference wrote BATCH_END after them, in a transaction of its own.
             self.events.record(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_END", stage="BATCH_END")
             await self._persist()
+            if self.result.persisted:  # the LLM jobs' samples point at their stored rows
+                await llm_samples.consume_llm_samples(self.deps.store, self.jobs, timeouts=self.t)
             self.result.stats["finished_mono"] = self.clock.monotonic()
         except asyncio.CancelledError:
             await asyncio.shield(close_links(self.links, self.t.close))
@@ -196,19 +199,16 @@ class _Shard:
         )
 
         await stage("_get_total_executor_count")
-        if manifests.llm_executor_count:
-            report_insufficient_prompts(
-                self.events,
-                manifests.llm_executor_count,
-                recently=self.start.insufficient_prompts_recently,
-            )
-        if manifests.job_executor_count == 0:
+        if manifests.job_executor_count + manifests.llm_executor_count == 0:
             log.info("batch %s shard %s: no executors available", request.batch_id, request.shard_index)
             return
 
         await stage("_generate_jobs")
         self.jobs = jobs = await collect_jobs(
             manifests, self.links, timeouts=t, events=self.events, rng=deps.rng
+        )
+        await llm_samples.add_llm_jobs(  # docs/synthetic-batch.md, "LLM jobs"
+            jobs, manifests, self.links, request, self.start, deps.store, t, self.events, deps.rng
         )
         if not jobs:
             return
@@ -252,6 +252,9 @@ class _Shard:
                 checkpoints=self.checkpoints,
             )
             self.result.stats.update(released.stats())
+            if llm_answers.answers_to_fetch(jobs):
+                await stage(llm_answers.STAGE)
+                self.result.stats.update(await llm_answers.download_phase(jobs, self.events, self.ledger))
 
         await stage("_score_jobs")
         self.scores = score(
@@ -266,6 +269,9 @@ class _Shard:
             clock=clock,
             events=self.events,
             ledger=self.ledger,
+        )
+        self.result.stats["excused"] = await excuse_busy_declines(  # docs/synthetic-batch.md §9
+            jobs, deps.store, clock=clock, events=self.events, ledger=self.ledger, db_timeout=t.db
         )
 
         await stage("_send_job_finished_receipts")

@@ -87,7 +87,7 @@ def chunked(class_counts: ClassCounts, size: int = GENERATION_CHUNK_JOBS) -> Ite
 
 
 class JobFactory(Protocol):
-    """Builds one miner's hashcat jobs (LLM jobs are not built here: no prompt samples yet)."""
+    """Builds one miner's hashcat jobs (LLM jobs need the shard's prompt samples: `llm_samples`)."""
 
     async def generate(
         self,

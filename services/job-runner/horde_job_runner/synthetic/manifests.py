@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from horde_job_runner.synthetic.shard_links import Links
     from horde_job_runner.synthetic.shard_services import EventLog
 
-__all__ = ["ManifestOutcome", "collect_jobs", "collect_manifests", "report_insufficient_prompts"]
+__all__ = ["ManifestOutcome", "collect_jobs", "collect_manifests"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,12 @@ class ManifestOutcome:
 
     @property
     def llm_executor_count(self) -> int:
-        """LLM executors get no jobs (no prompt samples): counted for INSUFFICIENT_PROMPTS only."""
+        """LLM executors: their jobs need prompt samples (`llm_samples`), not the generation here."""
         return sum(c.get(LLM_EXECUTOR_CLASS, 0) for c in self.counts.values())
 
     @property
     def job_executor_count(self) -> int:
-        """Executors that get a job: every class but the LLM one."""
+        """Executors that get a generated (hashcat) job: every class but the LLM one."""
         return sum(n for c in self.counts.values() for cls, n in c.items() if cls != LLM_EXECUTOR_CLASS)
 
 
@@ -117,19 +117,6 @@ async def _manifest_of(
         intake.drop(link.hotkey)
         events.record(T.MINER_SYNTHETIC_JOB_FAILURE, subtype, description, miner_hotkey=link.hotkey, **data)
         await link.close(timeouts.close)
-
-
-def report_insufficient_prompts(events: EventLog, llm_count: int, *, recently: bool) -> None:
-    """LLM executors get no jobs until prompt samples exist (cross-validation); tell once a day."""
-    if recently:
-        return
-    events.record(
-        T.VALIDATOR_TELEMETRY,
-        S.INSUFFICIENT_PROMPTS,
-        "not enough answered prompt samples: no LLM jobs in this batch",
-        llm_executor_count=llm_count,
-        prompt_samples_available=0,
-    )
 
 
 async def collect_jobs(

@@ -1,0 +1,136 @@
+"""The prompt tables as LLM jobs see them (docs/synthetic-batch.md, "LLM jobs"; docs/crossval.md §7).
+
+`PromptSampleStore` reads the ready samples of a shard with their series, seed and trusted answers,
+counts the pool for INSUFFICIENT_PROMPTS, and links consumed samples to their stored jobs. Each call
+is a short transaction of its own: a shard holds no connection while it talks to miners.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy import and_, exists, func, select, text
+
+from horde_common.crossval import ExpectedPrompt
+from horde_common.db.models import Prompt, PromptSample, PromptSeries, SolveWorkload
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+__all__ = ["PromptSampleStore", "ReadySample", "SampleCounts", "SampleSource"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadySample:
+    """An answered, unused sample: its series (the job's input), its workload seed and its
+    prompts with their trusted answers."""
+
+    sample_id: int
+    series_url: str
+    seed: int
+    prompts: tuple[ExpectedPrompt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleCounts:
+    """The pool of samples when a shard is short of them (INSUFFICIENT_PROMPTS data)."""
+
+    prompt_series_total_count: int
+    prompt_sample_used_count: int
+    prompt_sample_unused_answered_count: int
+    prompt_sample_unused_unanswered_count: int
+
+
+class SampleSource(Protocol):
+    """Where a shard's samples come from and are consumed (`PromptSampleStore` on Postgres)."""
+
+    async def ready(self, limit: int, *, shard_index: int, shard_count: int) -> list[ReadySample]: ...
+
+    async def counts(self) -> SampleCounts: ...
+
+    async def mark_used(self, job_of_sample: Mapping[int, uuid.UUID]) -> int: ...
+
+
+class PromptSampleStore:
+    """The prompt tables, each call on a short transaction of its own."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def ready(self, limit: int, *, shard_index: int = 0, shard_count: int = 1) -> list[ReadySample]:
+        """Up to `limit` ready samples of this shard's share, oldest first.
+
+        A sample with no prompt, or with a prompt lacking its trusted answer, is never ready: no
+        miner could pass it.
+        """
+        unanswered = select(Prompt.id).where(Prompt.sample_id == PromptSample.id, Prompt.answer.is_(None))
+        any_prompt = select(Prompt.id).where(Prompt.sample_id == PromptSample.id)
+        query = (
+            select(PromptSample.id, PromptSeries.s3_url, SolveWorkload.seed)
+            .join(PromptSeries, PromptSeries.id == PromptSample.series_id)
+            .join(SolveWorkload, SolveWorkload.id == PromptSample.workload_id)
+            .where(
+                PromptSample.synthetic_job_id.is_(None),
+                SolveWorkload.finished_at.is_not(None),
+                exists(any_prompt),
+                ~exists(unanswered),
+            )
+            .order_by(PromptSample.id)
+            .limit(limit)
+        )
+        if shard_count > 1:
+            query = query.where(PromptSample.id % shard_count == shard_index)
+        async with self.sessions() as session:
+            heads = (await session.execute(query)).all()
+            if not heads:
+                return []
+            prompt_rows = (
+                await session.execute(
+                    select(Prompt.sample_id, Prompt.content, Prompt.answer)
+                    .where(Prompt.sample_id.in_([h[0] for h in heads]))
+                    .order_by(Prompt.id)
+                )
+            ).all()
+        prompts: dict[int, list[ExpectedPrompt]] = {}
+        for sample_id, content, answer in prompt_rows:
+            prompts.setdefault(sample_id, []).append(ExpectedPrompt(content, answer))
+        return [
+            ReadySample(sample_id, url, seed, tuple(prompts.get(sample_id, ())))
+            for sample_id, url, seed in heads
+        ]
+
+    async def counts(self) -> SampleCounts:
+        used = PromptSample.synthetic_job_id.is_not(None)
+        unused = PromptSample.synthetic_job_id.is_(None)
+        answered = SolveWorkload.finished_at.is_not(None)
+        async with self.sessions() as session:
+            series = await session.scalar(select(func.count()).select_from(PromptSeries))
+            row = (
+                await session.execute(
+                    select(
+                        func.count().filter(used),
+                        func.count().filter(and_(unused, answered)),
+                        func.count().filter(and_(unused, ~answered)),
+                    ).join_from(PromptSample, SolveWorkload, SolveWorkload.id == PromptSample.workload_id)
+                )
+            ).one()
+        return SampleCounts(int(series or 0), int(row[0]), int(row[1]), int(row[2]))
+
+    async def mark_used(self, job_of_sample: Mapping[int, uuid.UUID]) -> int:
+        """Link each sample to its stored job; returns how many were linked. A sample already used
+        is left as it is (it cannot be used twice)."""
+        if not job_of_sample:
+            return 0
+        statement = text(
+            "UPDATE prompt_samples AS s SET synthetic_job_id = j.id "
+            "FROM unnest(CAST(:sample_ids AS bigint[]), CAST(:job_uuids AS uuid[])) AS m(sample_id, job_uuid) "
+            "JOIN synthetic_jobs AS j ON j.job_uuid = m.job_uuid "
+            "WHERE s.id = m.sample_id AND s.synthetic_job_id IS NULL"
+        )
+        params = {"sample_ids": list(job_of_sample), "job_uuids": list(job_of_sample.values())}
+        async with self.sessions.begin() as session:
+            result = await session.execute(statement, params)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
