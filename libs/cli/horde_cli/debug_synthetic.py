@@ -114,7 +114,7 @@ def _jobs_table(jobs: list[dict[str, object]], batch_id: int) -> Table:
         table.add_column(column, overflow="fold")
     for job in jobs:
         status = str(job["status"])
-        style = "green" if status == "COMPLETED" else "red"
+        style = {"COMPLETED": "green", "EXCUSED": "yellow"}.get(status, "red")
         table.add_row(
             str(job["job_uuid"]),
             str(job["executor_class"]),
