@@ -40,6 +40,8 @@ batches_app = typer.Typer(help="Synthetic job batches, read from the database.",
 app.add_typer(batches_app, name="batches")
 s3_app = typer.Typer(help="The two cross-validation S3 buckets: provision, check.", **HELP_STYLE)
 app.add_typer(s3_app, name="s3")
+crossval_app = typer.Typer(help="LLM cross-validation: prompt series, workloads, samples.", **HELP_STYLE)
+app.add_typer(crossval_app, name="crossval")
 
 
 @functools.cache
@@ -138,6 +140,20 @@ def batches(
         print_list(_console(), _settings().database_url, limit, json_output)
     except BatchesError as exc:
         print_error(_err(), str(exc))
+        raise typer.Exit(1) from None
+
+
+@crossval_app.command("status")
+def crossval_status(
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """Counts of series, workloads and samples (ready, used, unanswered); the last trusted-miner job."""
+    from horde_cli.crossval import CrossvalError, print_status
+
+    try:
+        print_status(_console(), _settings().database_url, json_output)
+    except CrossvalError as exc:
+        _err().print(str(exc), style="red", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
 
 

@@ -12,6 +12,7 @@ from horde_common.bus.messages import (
     BatchShardRequested,
     OrganicJobRequested,
     OrganicJobStatus,
+    TrustedJobCompleted,
     TrustedJobRequested,
 )
 from horde_common.db.retention import prune_receipts
@@ -29,6 +30,7 @@ from horde_job_runner.synthetic.handler import (
     start_generation,
     stop_generation,
 )
+from horde_job_runner.trusted import handle_trusted_job_requested
 
 log = structlog.get_logger(__name__)
 router = BusRouter()
@@ -59,10 +61,10 @@ async def on_organic_job_requested(msg: OrganicJobRequested, ctx: HandlerContext
     await handle_organic_job_requested(msg, ctx)
 
 
-@router.handler("job-runner.trusted.job.requested", publishes=())
-async def on_trusted_job_requested(msg: TrustedJobRequested, ctx: HandlerContext) -> None:
-    """Trusted-miner jobs land with the cross-validation issue."""
-    log.info("trusted.job.requested", job_uuid=str(msg.job_uuid))
+@router.handler("job-runner.trusted.job.requested", publishes=(TrustedJobCompleted,), long_running=True)
+async def on_trusted_job_requested(msg: TrustedJobRequested, ctx: HandlerContext) -> TrustedJobCompleted:
+    """Run a cross-validator job on the trusted miner and report its outcome (docs/crossval.md §9.2)."""
+    return await handle_trusted_job_requested(msg, ctx)
 
 
 SPEC = ServiceSpec(
