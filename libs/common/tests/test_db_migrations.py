@@ -25,6 +25,7 @@ EXPECTED_TABLES = {
     "synthetic_jobs",
     "miner_manifests",
     "organic_jobs",
+    "facilitator_status_sent",
     "job_started_receipts",
     "job_accepted_receipts",
     "job_finished_receipts",

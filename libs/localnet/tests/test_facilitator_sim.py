@@ -38,8 +38,16 @@ from horde_localnet.facilitator import (
     read_jobs_file,
     running_facilitator,
 )
+from horde_localnet.facilitator import sim as sim_module
 from horde_localnet.facilitator.__main__ import _template, build_parser
-from horde_localnet.facilitator.client import get_job, stream_statuses, submit_job
+from horde_localnet.facilitator.client import (
+    FacilitatorClientError,
+    get_job,
+    get_stats,
+    resend_job,
+    stream_statuses,
+    submit_job,
+)
 
 WAIT = 10.0  # seconds any expected event may take on a loaded 2-core machine
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -212,7 +220,11 @@ async def test_status_updates_are_recorded_in_order(facilitator: RunningFacilita
             "version": "V0",
             "state": "sent",
             "sent_to": keys.validator_hotkey(0),
+            "sends": 1,
             "statuses": ["accepted", "completed"],
+            "finals": 1,
+            "duplicate_finals": 0,
+            "identical_finals": 0,
         }
     ]
     await ws.close()
@@ -283,6 +295,82 @@ async def test_updates_for_unknown_jobs_are_kept_and_waiting_can_time_out(
     with pytest.raises(TimeoutError):
         async for _ in stream_statuses(facilitator.url, quiet, 0.2):
             pass
+    await ws.close()
+
+
+async def _send_status(
+    ws: ClientConnection, session: Session, job_uuid: str, status: JobStatus, comment: str
+) -> None:
+    frame = session.status_update(job_uuid, status, comment=comment, miner_response=None)
+    assert isinstance(frame, str)
+    await ws.send(frame)
+
+
+async def test_repeated_final_statuses_are_counted_per_job(facilitator: RunningFacilitator) -> None:
+    ws, session = await _authenticated(facilitator)
+    job_uuid = await submit_job(facilitator.url)
+    await _next_job(ws, session)
+    await _send_status(ws, session, job_uuid, JobStatus.ACCEPTED, "")
+    await _send_status(ws, session, job_uuid, JobStatus.FAILED, "attempt 1")
+    await _send_status(ws, session, job_uuid, JobStatus.FAILED, "attempt 1")  # a redelivered copy
+    await _send_status(ws, session, job_uuid, JobStatus.COMPLETED, "attempt 2")  # a V2 retry
+    sim = facilitator.sim
+    assert await sim.wait_until(lambda: sim.counters["status_updates"] == 4, WAIT)
+    record = await get_job(facilitator.url, job_uuid)
+    assert record["statuses"] == ["accepted", "failed", "failed", "completed"]
+    assert (record["finals"], record["duplicate_finals"], record["identical_finals"]) == (3, 2, 1)
+    stats = await get_stats(facilitator.url)
+    assert (stats["duplicate_finals"], stats["identical_finals"]) == (2, 1)
+    await ws.close()
+
+
+async def test_a_uuid_is_sent_once_unless_resent(facilitator: RunningFacilitator) -> None:
+    ws, session = await _authenticated(facilitator)
+    job_uuid = await submit_job(facilitator.url, extra={"uuid": "0F4D3C1E-7B7A-4F0E-9B1C-2D3E4F5A6B7C"})
+    assert job_uuid == "0f4d3c1e-7b7a-4f0e-9b1c-2d3e4f5a6b7c"  # recorded under the canonical form
+    assert (await _next_job(ws, session)).uuid == "0F4D3C1E-7B7A-4F0E-9B1C-2D3E4F5A6B7C"  # sent as given
+    for spelling in (job_uuid, job_uuid.upper()):
+        with pytest.raises(FacilitatorClientError, match=r"HTTP 409: .*already submitted"):
+            await submit_job(facilitator.url, extra={"uuid": spelling})
+    other = await submit_job(facilitator.url)
+    assert (await _next_job(ws, session)).uuid == other  # nothing else went out before it
+    await _send_status(ws, session, job_uuid, JobStatus.REJECTED, "no")  # the validator's lower case
+    sim = facilitator.sim
+    assert await sim.wait_until(lambda: sim.counters["status_updates"] == 1, WAIT)
+    assert (await get_job(facilitator.url, job_uuid.upper()))["statuses"] == ["rejected"]
+
+    assert await resend_job(facilitator.url, job_uuid) == 2  # asked for: the same request again
+    assert (await _next_job(ws, session)).uuid == "0F4D3C1E-7B7A-4F0E-9B1C-2D3E4F5A6B7C"
+    stats = await get_stats(facilitator.url)
+    assert (stats["jobs_sent"], stats["jobs_refused"], stats["jobs_resent"]) == (3, 2, 1)
+    with pytest.raises(FacilitatorClientError, match="HTTP 404"):
+        await resend_job(facilitator.url, "no-such-job")
+    await ws.close()
+
+
+def test_a_uuid_stays_refused_after_its_record_is_evicted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_module, "MAX_JOBS", 2)
+    sim = sim_module.FacilitatorSim(keys.facilitator_keypair())
+    first = sim.add_job(JobSpec(uuid="job-1")).uuid
+    sim.add_job(JobSpec(uuid="job-2"))
+    sim.add_job(JobSpec(uuid="job-3"))
+    assert first not in sim.jobs  # evicted
+    with pytest.raises(sim_module.DuplicateJob):
+        sim.add_job(JobSpec(uuid=first))
+    assert sim.counters["jobs_submitted"] == 3 and sim.counters["jobs_refused"] == 1
+
+
+async def test_statuses_before_submission_stay_with_the_job(facilitator: RunningFacilitator) -> None:
+    ws, session = await _authenticated(facilitator)
+    job_uuid = "5a1b2c3d-0000-4000-8000-000000000001"
+    await _send_status(ws, session, job_uuid, JobStatus.ACCEPTED, "")
+    sim = facilitator.sim
+    assert await sim.wait_until(lambda: sim.counters["status_updates"] == 1, WAIT)
+    assert (await get_job(facilitator.url, job_uuid))["state"] == "unknown"
+    assert await submit_job(facilitator.url, extra={"uuid": job_uuid}) == job_uuid  # not a repeat
+    assert (await _next_job(ws, session)).uuid == job_uuid
+    record = await get_job(facilitator.url, job_uuid)
+    assert (record["state"], record["statuses"]) == ("sent", ["accepted"])
     await ws.close()
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,64 +24,28 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from horde_common.bus.messages import OrganicJobStatus
-from horde_common.config import Settings
 from horde_common.protocol.facilitator import (
     MAX_FRAME_BYTES,
     FacilitatorSession,
     V0AuthenticationRequest,
-    connect_retry_delay,
     parse_signers,
 )
 from horde_common.service import ServiceContext
 from horde_facilitator_gateway.inbound import InboundHandler
+from horde_facilitator_gateway.ledger import StatusLedger
+from horde_facilitator_gateway.link_config import (
+    CLOSE_TIMEOUT_S,
+    PING_INTERVAL_S,
+    LinkConfig,
+    version_headers,
+)
 from horde_facilitator_gateway.metrics import LinkMetrics
-from horde_facilitator_gateway.outbound import LinkUnavailable, StatusQueue
+from horde_facilitator_gateway.outbound import FINAL_STATUSES, LinkUnavailable, PendingUpdate, StatusQueue
 from horde_facilitator_gateway.stats import LinkStats
 
 log = structlog.get_logger(__name__)
 
-OPEN_TIMEOUT_S: Final = 10.0
-"""TCP + TLS + upgrade, the original client's open timeout."""
-AUTH_TIMEOUT_S: Final = 10.0
-"""The facilitator answers authentication at once; one that stays silent this long is treated as a
-refusal, so a half-open connection cannot hold the link for ever."""
-SEND_TIMEOUT_S: Final = 10.0
-"""One frame written to the socket; a socket this slow is dead and gets replaced."""
-CLOSE_TIMEOUT_S: Final = 5.0
-PING_INTERVAL_S: Final = 20.0
-"""WebSocket ping period and pong timeout, the original client's defaults: a dead peer is noticed
-within about 40 s even when no frame is due."""
-STATUS_WAIT_S: Final = 10.0
-"""How long a status update waits for an authenticated connection before its bus message goes back
-to the queue (the bus then retries it with backoff); with the bus's five deliveries this covers
-about a minute of outage, more than the original's 35 s of send retries (docs/organic.md §1.9)."""
-
-__all__ = ["FacilitatorLink", "LinkConfig", "LinkUnavailable", "facilitator_link", "link_loop", "link_view"]
-
-RetryDelay = Callable[[int, random.Random], float]
-
-
-@dataclass
-class LinkConfig:
-    """What one link connects to and how patiently. Mutable so tests can shorten the waits."""
-
-    uri: str
-    signers: frozenset[str]
-    headers: dict[str, str]
-    open_timeout_s: float = OPEN_TIMEOUT_S
-    auth_timeout_s: float = AUTH_TIMEOUT_S
-    send_timeout_s: float = SEND_TIMEOUT_S
-    status_wait_s: float = STATUS_WAIT_S
-    retry_delay: RetryDelay = connect_retry_delay
-    rng: random.Random = field(default_factory=random.Random)
-
-
-def version_headers(settings: Settings) -> dict[str, str]:
-    """The upgrade request's version headers (docs/organic.md §1.2), `unknown` when unset."""
-    return {
-        "X-Validator-Version": settings.VALIDATOR_VERSION or "unknown",
-        "X-Validator-Runner-Version": settings.VALIDATOR_RUNNER_VERSION or "unknown",
-    }
+__all__ = ["FacilitatorLink", "LinkConfig", "LinkUnavailable", "facilitator_link", "link_loop"]
 
 
 def _utcnow() -> datetime:
@@ -115,6 +78,7 @@ class FacilitatorLink:
         self._ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._statuses = StatusQueue()
+        self._ledger = StatusLedger(sessions)
         self._timers = asyncio.Event()
 
     @property
@@ -316,18 +280,62 @@ class FacilitatorLink:
 
     # ---------------------------------------------------------------------------- status out
 
-    async def send_status(self, msg: OrganicJobStatus) -> None:
-        """Write `msg` as a `V0JobStatusUpdate` on an authenticated connection, or raise
-        `LinkUnavailable` after `status_wait_s` so that its bus message is retried (order and
-        retries: `outbound.StatusQueue`)."""
+    async def send_status(self, msg: OrganicJobStatus) -> str:
+        """Write `msg` as a `V0JobStatusUpdate` on an authenticated connection and return "sent",
+        or raise `LinkUnavailable` after `status_wait_s` so that its bus message is retried (order
+        and retries: `outbound.StatusQueue`). Not written (`ledger.py`): a message an earlier
+        delivery wrote ("duplicate"), an update older than a final status of its job that went out
+        ("stale")."""
+        outcome: str = await self._ledger.check(msg)
+        if outcome == "new":
+            write_s = self.config.send_timeout_s + self.config.record_timeout_s  # a begun write, recorded
+            try:
+                written = await self._statuses.submit(msg, self.config.status_wait_s, write_s)
+            except LinkUnavailable:
+                self.stats.status_link_down += 1
+                self.metrics.status_update(msg.status, "link_down")
+                raise
+            outcome = "sent" if written else "stale"
+        self.stats.status[outcome] = self.stats.status.get(outcome, 0) + 1
+        self.metrics.status_update(msg.status, outcome)
+        if outcome != "sent":
+            log.info(
+                "facilitator.status_not_sent", outcome=outcome, job_uuid=str(msg.job_uuid), status=msg.status
+            )
+        elif msg.status in FINAL_STATUSES:
+            await self._count_repeated_final(msg)
+        return outcome
+
+    async def _count_repeated_final(self, msg: OrganicJobStatus) -> None:
+        """Count (never prevent) a job's second final status: one per V2 attempt is expected."""
         try:
-            await self._statuses.submit(msg, self.config.status_wait_s, self.config.send_timeout_s)
-        except LinkUnavailable:
-            self.stats.status_link_down += 1
-            self.metrics.status_update(msg.status, "link_down")
+            finals = await self._ledger.finals_sent(msg.job_uuid)
+        except Exception as exc:  # only a statistic: the update itself went out
+            log.warning("facilitator.finals_count_failed", error=_describe(exc))
+            return
+        if finals > 1:
+            self.stats.status_repeated_finals += 1
+            log.info("facilitator.final_status_repeated", job_uuid=str(msg.job_uuid), finals=finals)
+
+    async def _record_sent(self, update: PendingUpdate) -> None:
+        """Commit that `update` was written before anything else goes out, so a kill leaves at
+        most this one frame unrecorded (`ledger.py`). A failure is logged: the frame is out, and
+        the consumer's idempotency row still deduplicates unless it fails too."""
+        record = asyncio.ensure_future(
+            asyncio.wait_for(
+                self._ledger.record(update.message_id, update.job_uuid, update.status.value, update.sent_at),
+                self.config.record_timeout_s,
+            )
+        )
+        record.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            await asyncio.shield(record)  # the connection ending now must not lose the record
+        except asyncio.CancelledError:
+            self._statuses.written(update)
             raise
-        self.stats.status_sent += 1
-        self.metrics.status_update(msg.status, "sent")
+        except Exception as exc:
+            self.stats.status_record_failed += 1
+            log.error("facilitator.status_record_failed", job_uuid=str(update.job_uuid), error=_describe(exc))
 
     async def _drain(self, session: FacilitatorSession, ws: ClientConnection) -> None:
         """Write pending status updates, oldest first, while this connection is authenticated. A
@@ -351,6 +359,7 @@ class FacilitatorLink:
             except asyncio.CancelledError:  # the connection ended mid-write: retry on the next one
                 self._statuses.put_back(update)
                 raise
+            await self._record_sent(update)
             self._statuses.written(update)
 
 
@@ -380,9 +389,3 @@ async def facilitator_link(ctx: ServiceContext) -> AsyncIterator[FacilitatorLink
 async def link_loop(ctx: ServiceContext) -> None:
     """The service loop that keeps the link up until the service stops."""
     await ctx.dependency(FacilitatorLink).run(ctx.stop_event)
-
-
-async def link_view(ctx: ServiceContext) -> dict[str, Any]:
-    """`GET /debug/link`: connection state, counts and the last error."""
-    link = ctx.dependencies.find(FacilitatorLink)
-    return link.debug_state() if link is not None else {"state": "not started"}

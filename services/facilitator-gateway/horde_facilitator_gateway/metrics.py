@@ -1,5 +1,6 @@
 """The gateway's metrics (docs/organic.md, "Facilitator gateway"): link state, connection attempts,
-frames and jobs. OpenTelemetry instruments, scraped at `GET /metrics` as Prometheus counters.
+frames, jobs and status updates, and the organic jobs by status. OpenTelemetry instruments, scraped
+at `GET /metrics` in the Prometheus format.
 
 The instruments live on a `LinkMetrics` object built per link, not in module globals; through the
 global meter provider they still add up in the one scrape of the process.
@@ -44,7 +45,14 @@ class LinkMetrics:
         self.status_updates: Counter = meter.create_counter(
             "horde_facilitator_status_updates",
             unit="1",
-            description="Job status updates by status and outcome (sent, link_down)",
+            description="Job status updates by status and outcome (sent, link_down, duplicate, stale)",
+        )
+        # A synchronous gauge set by `report.job_counts_loop`: an observable gauge's callback cannot
+        # query the database, and a second instance's callback would be dropped by the SDK.
+        self.jobs_by_status = meter.create_gauge(
+            "horde_facilitator_jobs_by_status",
+            unit="1",
+            description="organic_jobs rows by status (PENDING, COMPLETED, FAILED, ...), refreshed periodically",
         )
 
     def connect(self, outcome: str) -> None:
@@ -58,3 +66,7 @@ class LinkMetrics:
 
     def status_update(self, status: str, outcome: str) -> None:
         self.status_updates.add(1, {"status": status, "outcome": outcome})
+
+    def job_counts(self, counts: dict[str, int]) -> None:
+        for status, count in counts.items():
+            self.jobs_by_status.set(count, {"status": status})

@@ -1,7 +1,8 @@
 """Status updates waiting for the facilitator link, in order (docs/organic.md, "Facilitator gateway").
 
 Each `organic.job.status` delivery puts its update here and waits, bounded, until the link wrote
-it to an authenticated socket; only then is the bus message acknowledged. Order:
+it to an authenticated socket and recorded it in `facilitator_status_sent` (`ledger.py`); only then
+is the bus message acknowledged. Order:
 
 * pending updates go out oldest first by the message's `sent_at` (the job-runner's creation time),
   so updates that piled up while the link was down drain in the order they were made, whatever
@@ -9,16 +10,25 @@ it to an authenticated socket; only then is the bus message acknowledged. Order:
 * an update that gives up waiting goes back to the bus for a later retry. Pending updates of the
   same job that are newer give up with it, and newer ones arriving later are refused until it was
   sent (at most `BLOCK_S`), so no later update of a job overtakes an earlier one. Jobs are
-  independent: one job's stuck update never holds back another's.
+  independent: one job's stuck update never holds back another's;
+* a final status waits `FINAL_HOLD_S` after it reached the queue before it is written: a job's
+  `accepted` and final status made milliseconds apart (a job that ends at once) are delivered
+  concurrently, and either may reach the queue first; the hold lets the older one in to be sorted
+  before it;
+* an update created before a final status of its job that was already written is stale and is not
+  written (`submit` returns False): should an older update arrive after the hold all the same, it
+  would move the facilitator's view of the job back from final.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -30,6 +40,19 @@ BLOCK_S: Final = 300.0
 """How long a job's newer updates wait behind one that went back to the bus. Its retries take about
 a minute before the bus dead-letters it; after this the block lapses, so a dead-lettered update
 cannot silence its job for ever."""
+
+
+FINAL_STATUSES: Final = frozenset({"completed", "failed", "rejected"})
+"""After one of these the job-runner sends nothing more for the attempt (docs/organic.md §1.4)."""
+
+FINAL_HOLD_S: Final = 0.25
+"""Concurrent deliveries reach the queue within milliseconds of each other (one database check
+each); a quarter second covers that with a wide margin and delays a job's final status by nothing
+the facilitator could notice. Other updates are not held."""
+
+FINALS_REMEMBERED: Final = 10_000
+"""Jobs whose newest written final status this queue remembers (for stale updates); older ones are
+covered by the `facilitator_status_sent` check before an update is queued."""
 
 
 class LinkUnavailable(Exception):
@@ -56,22 +79,27 @@ class PendingUpdate:
     sent_at: datetime
     seq: int
     job_uuid: uuid.UUID = field(compare=False)
+    message_id: uuid.UUID = field(compare=False)  # the bus message's: its `facilitator_status_sent` key
     status: JobStatus = field(compare=False)
     comment: str = field(compare=False)
     miner_response: MinerResponse | None = field(compare=False)
-    done: asyncio.Future[None] = field(compare=False, repr=False)
+    done: asyncio.Future[bool] = field(compare=False, repr=False)  # True: written, False: stale
+    ready_at: float = field(default=0.0, compare=False)  # monotonic time it may be written from
     writing: bool = field(default=False, compare=False)
 
 
 class StatusQueue:
     """The pending updates of one link: `submit` waits for the write, the link's drainer writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, final_hold_s: float = FINAL_HOLD_S) -> None:
+        self._final_hold_s = final_hold_s
         self._heap: list[PendingUpdate] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         # job uuid -> (sent_at of its update that went back to the bus, monotonic time the block lapses)
         self._blocked: dict[uuid.UUID, tuple[datetime, float]] = {}
+        # job uuid -> `sent_at` of the newest final status of the job written, least recent first
+        self._finals: OrderedDict[uuid.UUID, datetime] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -80,9 +108,16 @@ class StatusQueue:
     def blocked_jobs(self) -> int:
         return len(self._blocked)
 
-    async def submit(self, msg: OrganicJobStatus, wait_s: float, write_s: float) -> None:
-        """Queue `msg` and return once it was written; `LinkUnavailable` after `wait_s` (plus up to
-        `write_s` if its write had begun) or when an older update of its job is being retried."""
+    def _stale(self, job_uuid: uuid.UUID, sent_at: datetime) -> bool:
+        final = self._finals.get(job_uuid)
+        return final is not None and sent_at < final
+
+    async def submit(self, msg: OrganicJobStatus, wait_s: float, write_s: float) -> bool:
+        """Queue `msg` and return True once it was written, False if it is stale (not written);
+        `LinkUnavailable` after `wait_s` (plus up to `write_s` if its write had begun) or when an
+        older update of its job is being retried."""
+        if self._stale(msg.job_uuid, msg.sent_at):
+            return False
         blocked = self._blocked.get(msg.job_uuid)
         if blocked is not None:
             if time.monotonic() >= blocked[1]:
@@ -93,22 +128,22 @@ class StatusQueue:
             sent_at=msg.sent_at,
             seq=next(self._seq),
             job_uuid=msg.job_uuid,
+            message_id=msg.message_id,
             status=JobStatus(msg.status),
             comment=msg.comment or "",
             miner_response=miner_response(msg),
             done=asyncio.get_running_loop().create_future(),
+            ready_at=time.monotonic() + (self._final_hold_s if msg.status in FINAL_STATUSES else 0.0),
         )
         heapq.heappush(self._heap, update)
         self._changed.set()
         try:
-            await asyncio.wait_for(asyncio.shield(update.done), wait_s)
-            return
+            return await asyncio.wait_for(asyncio.shield(update.done), wait_s)
         except TimeoutError:
             pass
         if update.writing:  # the write began just now: let it finish (bounded by the send timeout)
             try:
-                await asyncio.wait_for(asyncio.shield(update.done), write_s)
-                return
+                return await asyncio.wait_for(asyncio.shield(update.done), write_s)
             except TimeoutError:
                 pass
         self._give_up(update)
@@ -134,15 +169,28 @@ class StatusQueue:
             update.done.cancel()
 
     async def next(self) -> PendingUpdate:
-        """The oldest pending update, marked as being written (waits while there is none)."""
+        """The oldest pending update, marked as being written (waits while there is none, or while
+        the oldest is a final status still held)."""
         while True:
+            hold: float | None = None
             while self._heap:
-                update = heapq.heappop(self._heap)
-                if not update.done.done():
-                    update.writing = True
-                    return update
+                update = self._heap[0]
+                if update.done.done():
+                    heapq.heappop(self._heap)
+                    continue
+                if self._stale(update.job_uuid, update.sent_at):
+                    heapq.heappop(self._heap)
+                    update.done.set_result(False)
+                    continue
+                hold = update.ready_at - time.monotonic()
+                if hold > 0:
+                    break
+                heapq.heappop(self._heap)
+                update.writing = True
+                return update
             self._changed.clear()
-            await self._changed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), hold if hold is not None and hold > 0 else None)
 
     def written(self, update: PendingUpdate) -> None:
         """The frame is on the socket: the waiting delivery may be acknowledged."""
@@ -150,8 +198,13 @@ class StatusQueue:
         blocked = self._blocked.get(update.job_uuid)
         if blocked is not None and update.sent_at <= blocked[0]:
             del self._blocked[update.job_uuid]  # the update that blocked its job went out
+        if update.status.value in FINAL_STATUSES:
+            newest = max(update.sent_at, self._finals.pop(update.job_uuid, update.sent_at))
+            self._finals[update.job_uuid] = newest
+            while len(self._finals) > FINALS_REMEMBERED:
+                self._finals.popitem(last=False)
         if not update.done.done():
-            update.done.set_result(None)
+            update.done.set_result(True)
 
     def put_back(self, update: PendingUpdate) -> None:
         """The write failed: the update waits for the next connection, in its place."""

@@ -21,6 +21,10 @@ class LinkStats:
     frames_out: int = 0
     frames_invalid: int = 0
     heartbeats: int = 0
-    status_sent: int = 0
     status_link_down: int = 0
+    # status deliveries by outcome: sent, duplicate (message already written: acked, not sent again),
+    # stale (older than a final status of its job already written: acked, not sent)
+    status: dict[str, int] = field(default_factory=dict)
+    status_record_failed: int = 0  # written, but the `facilitator_status_sent` row did not commit
+    status_repeated_finals: int = 0  # a final status sent to a job that already had one (V2 retries)
     jobs: dict[str, int] = field(default_factory=dict)  # by outcome: stored, duplicate, v2_rejected, ...

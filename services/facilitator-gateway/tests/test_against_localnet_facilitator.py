@@ -90,6 +90,11 @@ async def test_jobs_and_statuses_round_trip(database_url: str, amqp_url: str) ->
         await publisher.connect()
         try:
             await publisher.publish(OrganicJobStatus(job_uuid=uuid.UUID(v2), status="accepted", comment=""))
+            # The next update only once this one arrived, as on a real job (minutes apart): the bus
+            # does not order concurrent deliveries, and an overtaken `accepted` would be dropped as
+            # stale (docs/organic.md, "Facilitator gateway").
+            sim = facilitator.sim
+            assert await sim.wait_until(lambda: bool(getattr(sim.job(v2), "statuses", None)), STATUS_WAIT_S)
             response: dict[str, Any] = {"message_type": "V0JobFinishedRequest", "docker_process_stdout": "ok"}
             await publisher.publish(
                 OrganicJobStatus(

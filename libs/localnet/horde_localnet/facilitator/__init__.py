@@ -20,11 +20,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .jobs import JobSpec, JobVersion, build_request, read_jobs_file
     from .server import VALIDATOR_PATH, RunningFacilitator, build_app, feed_jobs, running_facilitator
-    from .sim import CLOSE_SIGNATURE_INVALID, CLOSE_VALIDATOR_NOT_FOUND, FacilitatorSim, JobRecord
+    from .sim import (
+        CLOSE_SIGNATURE_INVALID,
+        CLOSE_VALIDATOR_NOT_FOUND,
+        DuplicateJob,
+        FacilitatorSim,
+        JobRecord,
+    )
 
 _EXPORTS = {
     "CLOSE_SIGNATURE_INVALID": "sim",
     "CLOSE_VALIDATOR_NOT_FOUND": "sim",
+    "DuplicateJob": "sim",
     "FacilitatorSim": "sim",
     "JobRecord": "sim",
     "JobSpec": "jobs",
@@ -42,6 +49,7 @@ __all__ = [
     "CLOSE_SIGNATURE_INVALID",
     "CLOSE_VALIDATOR_NOT_FOUND",
     "VALIDATOR_PATH",
+    "DuplicateJob",
     "FacilitatorSim",
     "JobRecord",
     "JobSpec",

@@ -12,7 +12,15 @@ from typing import Any, Final
 
 import httpx
 
-__all__ = ["FINAL_STATUSES", "FacilitatorClientError", "get_job", "stream_statuses", "submit_job"]
+__all__ = [
+    "FINAL_STATUSES",
+    "FacilitatorClientError",
+    "get_job",
+    "get_stats",
+    "resend_job",
+    "stream_statuses",
+    "submit_job",
+]
 
 FINAL_STATUSES: Final = frozenset({"rejected", "failed", "completed"})
 """After these a validator sends nothing more for the job (docs/organic.md §1.4)."""
@@ -77,6 +85,20 @@ async def submit_job(
     async with httpx.AsyncClient(base_url=url, timeout=_HTTP_MARGIN_S) as http:
         answer = _check(await http.post("/jobs", json=body))
     return str(answer["uuid"])
+
+
+async def resend_job(url: str, job_uuid: str) -> int:
+    """Send a job the simulator already sent once more, the same request (a facilitator repeating
+    itself); returns how often it has now been sent."""
+    async with httpx.AsyncClient(base_url=url, timeout=_HTTP_MARGIN_S) as http:
+        answer = _check(await http.post(f"/jobs/{job_uuid}/resend"))
+    return int(answer["sends"])
+
+
+async def get_stats(url: str) -> dict[str, Any]:
+    """The simulator's totals (`GET /stats`): frames, jobs, `duplicate_finals`, ..."""
+    async with httpx.AsyncClient(base_url=url, timeout=_HTTP_MARGIN_S) as http:
+        return _check(await http.get("/stats"))
 
 
 async def get_job(url: str, job_uuid: str) -> dict[str, Any]:

@@ -3,13 +3,23 @@ the two small types `sim` and `server` share (no logic beyond formatting for the
 
 from __future__ import annotations
 
+import uuid as uuid_module
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-__all__ = ["FINAL_STATUSES", "Action", "JobRecord", "Link", "ValidatorStats"]
+__all__ = ["FINAL_STATUSES", "Action", "JobRecord", "Link", "ValidatorStats", "job_key"]
 
 FINAL_STATUSES: Final = frozenset({"rejected", "failed", "completed"})
 """Statuses after which a validator sends nothing more for a job (docs/organic.md §1.4)."""
+
+
+def job_key(job_uuid: str) -> str:
+    """The key a job is recorded under: the canonical form of a UUID (validators answer with
+    `str(UUID(...))`, lower case), any other string as it is."""
+    try:
+        return str(uuid_module.UUID(job_uuid))
+    except ValueError:
+        return job_uuid
 
 
 class Link(Protocol):
@@ -34,7 +44,10 @@ class Action:
 @dataclass(slots=True)
 class JobRecord:
     """One job: what was sent and everything the validator reported about it, in arrival order.
-    `state`: queued, sent, dropped, or unknown (status updates for a uuid never submitted)."""
+    `state`: queued, sent, dropped, or unknown (status updates for a uuid never submitted).
+    `sends`: how often the request went out (more than once only when asked, `resend`);
+    `finals`: final statuses received, `identical_finals` those equal (status and metadata) to an
+    earlier final of the job, as a redelivered status message would be."""
 
     uuid: str
     version: str | None
@@ -46,6 +59,24 @@ class JobRecord:
     sent_at: float | None = None
     sent_to: str | None = None
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    sends: int = 0
+    finals: int = 0
+    identical_finals: int = 0
+
+    def add_status(self, entry: dict[str, Any]) -> tuple[bool, bool]:
+        """Append one status update; for a final one, say whether the job already had a final
+        status and whether one of those was identical to it (same status and metadata)."""
+        repeated = identical = False
+        if entry["status"] in FINAL_STATUSES:
+            earlier = [s for s in self.statuses if s["status"] in FINAL_STATUSES]
+            repeated = bool(earlier)
+            identical = any(
+                s["status"] == entry["status"] and s["metadata"] == entry["metadata"] for s in earlier
+            )
+            self.finals += 1
+            self.identical_finals += identical
+        self.statuses.append(entry)
+        return repeated, identical
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,7 +84,11 @@ class JobRecord:
             "version": self.version,
             "state": self.state,
             "sent_to": self.sent_to,
+            "sends": self.sends,
             "statuses": [s["status"] for s in self.statuses],
+            "finals": self.finals,
+            "duplicate_finals": max(0, self.finals - 1),
+            "identical_finals": self.identical_finals,
         }
 
     def detail(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ One port because the localnet topology gives the facilitator one (`Topology.faci
 HTTP is FastAPI on uvicorn as in the chain simulator, and the WebSocket is served by uvicorn's
 `websockets` sans-I/O implementation. Every frame the simulator sends is a text frame.
 
-HTTP: `POST /jobs` (a `JobSpec`; answers the uuid), `GET /jobs`, `GET /jobs/{uuid}`,
+HTTP: `POST /jobs` (a `JobSpec`; answers the uuid; a uuid submitted before is refused with 409),
+`POST /jobs/{uuid}/resend` (send a sent job's request again), `GET /jobs`, `GET /jobs/{uuid}`,
 `GET /jobs/{uuid}/statuses?after=N&timeout=S` (long poll for status updates after the N-th),
 `GET /stats`, `GET /heartbeats`, `GET /machine-specs`, `GET /healthz`.
 """
@@ -27,7 +28,7 @@ from fastapi.responses import JSONResponse
 from horde_localnet.chain import _bind, _EmbeddedServer  # the chain simulator's serving helpers
 
 from .jobs import JobSpec, Signer
-from .sim import FacilitatorSim
+from .sim import DuplicateJob, FacilitatorSim
 
 __all__ = [
     "MAX_WAIT_S",
@@ -116,10 +117,23 @@ def build_app(sim: FacilitatorSim, *, on_startup: Any = None) -> FastAPI:
     async def submit(spec: JobSpec) -> dict[str, Any] | JSONResponse:
         try:
             record = sim.add_job(spec)
+        except DuplicateJob as exc:
+            return JSONResponse({"code": "already_exists", "message": str(exc)[:1000]}, status_code=409)
         except ValueError as exc:
             return JSONResponse({"code": "invalid_argument", "message": str(exc)[:1000]}, status_code=422)
         await sim.dispatch()
         return {"uuid": record.uuid, "state": record.state}
+
+    @app.post("/jobs/{job_uuid}/resend", response_model=None)
+    async def resend(job_uuid: str) -> dict[str, Any] | JSONResponse:
+        try:
+            record = sim.resend(job_uuid)
+        except KeyError:
+            return _not_found(job_uuid)
+        except ValueError as exc:
+            return JSONResponse({"code": "failed_precondition", "message": str(exc)[:1000]}, status_code=409)
+        await sim.dispatch()
+        return {"uuid": record.uuid, "state": record.state, "sends": record.sends}
 
     @app.get("/jobs")
     async def jobs() -> dict[str, Any]:
@@ -127,7 +141,7 @@ def build_app(sim: FacilitatorSim, *, on_startup: Any = None) -> FastAPI:
 
     @app.get("/jobs/{job_uuid}", response_model=None)
     async def job(job_uuid: str) -> dict[str, Any] | JSONResponse:
-        record = sim.jobs.get(job_uuid)
+        record = sim.job(job_uuid)
         return _not_found(job_uuid) if record is None else record.detail()
 
     @app.get("/jobs/{job_uuid}/statuses", response_model=None)

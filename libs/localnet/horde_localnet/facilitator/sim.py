@@ -15,7 +15,11 @@ never ends the link.
 
 Jobs go to an authenticated validator (round robin, or the one the spec names). With none
 connected they wait in a FIFO and go out when one authenticates (`hold_when_disconnected=True`,
-the default), or are recorded as dropped (`False`). A job already sent is never sent again.
+the default), or are recorded as dropped (`False`). A job already sent is never sent again unless
+asked (`resend`), and a job uuid is accepted once: submitting it again is refused, also after its
+record was evicted. Jobs are keyed by the canonical form of their uuid (`records.job_key`), the form
+validators answer with. A final status for a job that already had one is counted
+(`duplicate_finals`; `identical_finals` when it repeats an earlier one exactly).
 docs/organic.md §9 describes the simulator as a whole.
 """
 
@@ -43,14 +47,16 @@ from horde_common.protocol.facilitator import (
 )
 
 from .jobs import JobSpec, Signer, build_request
-from .records import FINAL_STATUSES, Action, JobRecord, Link, ValidatorStats
+from .records import FINAL_STATUSES, Action, JobRecord, Link, ValidatorStats, job_key
 
 __all__ = [
     "CLOSE_SIGNATURE_INVALID",
     "CLOSE_VALIDATOR_NOT_FOUND",
     "MAX_JOBS",
     "MAX_RECORDED_FRAMES",
+    "MAX_SUBMITTED_UUIDS",
     "Action",
+    "DuplicateJob",
     "FacilitatorSim",
     "JobRecord",
     "Link",
@@ -70,6 +76,14 @@ a bound on memory for a simulator left running."""
 
 MAX_RECORDED_FRAMES: Final = 10_000
 """Heartbeats and machine-specs frames kept, for the same reason."""
+
+MAX_SUBMITTED_UUIDS: Final = 200_000
+"""Job uuids remembered to refuse a second submission after their record was evicted: far more than
+any localnet run submits, at a few megabytes."""
+
+
+class DuplicateJob(ValueError):
+    """A job uuid submitted before: refused, so no uuid goes out twice unless `resend` asks."""
 
 
 def _error(msg: str, type_: str) -> str:
@@ -110,9 +124,10 @@ class FacilitatorSim:
         self.counters: dict[str, int] = dict.fromkeys(
             ("connections", "auth_ok", "auth_failed", "frames_in", "frames_out", "frames_invalid",
              "heartbeats", "status_updates", "machine_specs", "jobs_submitted", "jobs_sent",
-             "jobs_dropped"),
+             "jobs_dropped", "jobs_refused", "jobs_resent", "duplicate_finals", "identical_finals"),
             0,
         )  # fmt: skip
+        self._submitted: dict[str, None] = {}  # job keys ever submitted, oldest first
         self._serials = itertools.count(1)
         self._round_robin = 0
         self._changed = asyncio.Event()
@@ -224,12 +239,25 @@ class FacilitatorSim:
         return Action()
 
     def _job_status(self, update: V0JobStatusUpdate, validator: str | None, now: float) -> None:
-        record = self.jobs.get(update.uuid)
+        record = self.job(update.uuid)
         if record is None:
-            record = self._store(JobRecord(update.uuid, None, None, now, "unknown"))
+            record = self._store(JobRecord(job_key(update.uuid), None, None, now, "unknown"))
         entry = {"status": update.status.value, "received_at": now, "validator": validator}
         entry["metadata"] = update.metadata.model_dump(mode="json") if update.metadata else None
-        record.statuses.append(entry)
+        repeated, identical = record.add_status(entry)
+        if repeated:  # expected once per failed V2 attempt; identical ones are what a redelivery makes
+            self.counters["duplicate_finals"] += 1
+            self.counters["identical_finals"] += identical
+            log.warning(
+                "facilitator: job %s got another final status %s (identical: %s)",
+                record.uuid,
+                entry["status"],
+                identical,
+            )
+
+    def job(self, job_uuid: str) -> JobRecord | None:
+        """The record of a job, by its uuid in any spelling of the same UUID."""
+        return self.jobs.get(job_key(job_uuid))
 
     def link_closed(self, link: Link) -> None:
         """The connection ended: later jobs go to other validators or wait."""
@@ -248,12 +276,18 @@ class FacilitatorSim:
 
     def add_job(self, spec: JobSpec) -> JobRecord:
         """Record a job as queued. Raises ValueError for a spec that makes no valid request or
-        reuses a known uuid. `dispatch` then sends it."""
+        reuses a submitted uuid (`resend` sends a job again on purpose). `dispatch` then sends it.
+        Status updates that came for the uuid before it was submitted stay on its record."""
         request = build_request(spec, self.signer)
-        if request.uuid in self.jobs:
-            raise ValueError(f"job {request.uuid} already exists")
+        key = job_key(request.uuid)
+        if key in self._submitted:
+            self.counters["jobs_refused"] += 1
+            raise DuplicateJob(
+                f"job {request.uuid} was already submitted (POST /jobs/{{uuid}}/resend sends it again)"
+            )
+        early = self.jobs.get(key)
         record = JobRecord(
-            uuid=request.uuid,
+            uuid=key,
             version=spec.version.value,
             request=json.loads(request.model_dump_json()),
             submitted_at=self._clock(),
@@ -261,8 +295,28 @@ class FacilitatorSim:
             target=spec.validator_hotkey,
             timeout=spec.timeout,
         )
+        for entry in early.statuses if early is not None else ():
+            record.add_status(entry)
         self.counters["jobs_submitted"] += 1
+        self._submitted[key] = None
+        while len(self._submitted) > MAX_SUBMITTED_UUIDS:
+            del self._submitted[next(iter(self._submitted))]
         self._store(record)
+        self.queue.append(key)
+        self._notify()
+        return record
+
+    def resend(self, job_uuid: str) -> JobRecord:
+        """Queue a sent (or dropped) job to go out again with the very same request, as a
+        facilitator repeating itself would; `dispatch` then sends it. KeyError for an unknown job,
+        ValueError for one never submitted here or still queued."""
+        record = self.job(job_uuid)
+        if record is None:
+            raise KeyError(job_uuid)
+        if record.request is None or record.state not in ("sent", "dropped"):
+            raise ValueError(f"job {job_uuid} is {record.state}: only a sent or dropped job is resent")
+        record.state = "queued"
+        self.counters["jobs_resent"] += 1
         self.queue.append(record.uuid)
         self._notify()
         return record
@@ -298,6 +352,7 @@ class FacilitatorSim:
             assert record.request is not None
             if await link.send_text(json.dumps(record.request, separators=(",", ":"))):
                 record.state, record.sent_at, record.sent_to = "sent", self._clock(), link.hotkey
+                record.sends += 1
                 self.counters["jobs_sent"] += 1
                 self.sent_frame(link)
             else:
@@ -335,7 +390,7 @@ class FacilitatorSim:
     def statuses_after(self, job_uuid: str, after: int) -> tuple[list[dict[str, Any]], bool] | None:
         """Status updates of a job from index `after` on, and whether a final one was received;
         None for an unknown job."""
-        record = self.jobs.get(job_uuid)
+        record = self.job(job_uuid)
         if record is None:
             return None
         final = any(s["status"] in FINAL_STATUSES for s in record.statuses)

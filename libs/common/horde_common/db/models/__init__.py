@@ -12,6 +12,7 @@ from horde_common.db.models.enums import (
     WeightsStatus,
 )
 from horde_common.db.models.events import SystemEvent, SystemEventSubtype, SystemEventType
+from horde_common.db.models.facilitator import FacilitatorStatusSent
 from horde_common.db.models.organic import OrganicJob
 from horde_common.db.models.receipts import JobAcceptedReceipt, JobFinishedReceipt, JobStartedReceipt
 from horde_common.db.models.shards import BatchShard
@@ -23,6 +24,7 @@ __all__ = [
     "BatchShard",
     "Cycle",
     "DynamicConfigEntry",
+    "FacilitatorStatusSent",
     "JobAcceptedReceipt",
     "JobFinishedReceipt",
     "JobStartedReceipt",

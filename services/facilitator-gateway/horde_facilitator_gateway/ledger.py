@@ -1,0 +1,114 @@
+"""The ledger of status updates written to the facilitator: `facilitator_status_sent`
+(docs/organic.md, "Facilitator gateway": exactly one frame per status message).
+
+The bus delivers `organic.job.status` at least once: a gateway killed after writing a frame but
+before its ack, a broker restart or an outbox row published twice all deliver the same message (same
+`message_id`) again. The consumer's own idempotency row (`processed_messages`) is committed only
+after the handler returned; this ledger narrows the window to the write itself: the link's drainer
+inserts the row in its own short transaction right after the frame is on the socket, before it
+writes anything else, and a delivery whose message id is in the ledger is acknowledged unsent.
+
+Deduplication is by message id only. Two messages with different ids are two updates, even with
+equal job, status and comment: a V2 job retried on the same miner (the only candidate) reports an
+identical `failed` per attempt (docs/organic.md, "Running organic jobs: V2 retries"), and the
+job-runner's message ids are random, so equal content proves nothing. Such repeats are counted
+(`finals_sent`), never suppressed.
+
+One more update is not sent: a *stale* one, created (`sent_at`) before a final status of its job
+that already went out. Sending it would move the facilitator's view of the job back from final; it
+can only happen when deliveries of one job's updates overtake each other (the bus gives no order
+between messages delivered concurrently).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Final, Literal
+
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from horde_common.bus.messages import OrganicJobStatus
+from horde_common.db.models.facilitator import FacilitatorStatusSent
+from horde_common.db.models.organic import OrganicJob
+from horde_facilitator_gateway.outbound import FINAL_STATUSES
+
+STATUS_SENT_KEEP: Final = timedelta(days=7)
+"""Ledger rows must outlive any redelivery of their message; like `processed_messages`, a week is
+ample (RabbitMQ redelivers within minutes, the outbox relay within its retry period)."""
+
+
+class StatusLedger:
+    """Reads and writes `facilitator_status_sent`, each call its own short transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def check(self, msg: OrganicJobStatus) -> Literal["new", "duplicate", "stale"]:
+        """`duplicate`: this message was already written; `stale`: a final status of its job made
+        after it was (one indexed query)."""
+        sent = FacilitatorStatusSent
+        async with self._sessions() as session:
+            found = (
+                await session.scalars(
+                    select(sent.message_id)
+                    .where(
+                        or_(
+                            sent.message_id == msg.message_id,
+                            and_(
+                                sent.job_uuid == msg.job_uuid,
+                                sent.status.in_(FINAL_STATUSES),
+                                sent.message_sent_at > msg.sent_at,
+                            ),
+                        )
+                    )
+                    .limit(2)
+                )
+            ).all()
+        if msg.message_id in found:
+            return "duplicate"
+        return "stale" if found else "new"
+
+    async def record(
+        self, message_id: uuid.UUID, job_uuid: uuid.UUID, status: str, message_sent_at: datetime
+    ) -> None:
+        """The frame of this message was written: commit that fact (a second record is a no-op)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                pg_insert(FacilitatorStatusSent)
+                .values(
+                    message_id=message_id, job_uuid=job_uuid, status=status, message_sent_at=message_sent_at
+                )
+                .on_conflict_do_nothing(index_elements=[FacilitatorStatusSent.message_id])
+            )
+
+    async def finals_sent(self, job_uuid: uuid.UUID) -> int:
+        """How many final statuses of this job the facilitator was sent (one per V2 attempt)."""
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(FacilitatorStatusSent)
+                .where(
+                    FacilitatorStatusSent.job_uuid == job_uuid,
+                    FacilitatorStatusSent.status.in_(FINAL_STATUSES),
+                )
+            )
+        return int(count or 0)
+
+
+async def count_jobs_by_status(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
+    """`organic_jobs` rows by status: one `GROUP BY` over the table, cheap at the sizes organic
+    traffic reaches (thousands of rows a day), so it runs on a timer and per debug view."""
+    async with sessions() as session:
+        rows = await session.execute(select(OrganicJob.status, func.count()).group_by(OrganicJob.status))
+    return {str(status): int(count) for status, count in rows.all()}
+
+
+async def prune_status_sent(session: AsyncSession, now: datetime) -> dict[str, int]:
+    """Ledger rows older than `STATUS_SENT_KEEP` (a `housekeeping_loop` prune)."""
+    result = await session.execute(
+        delete(FacilitatorStatusSent).where(FacilitatorStatusSent.sent_at < now - STATUS_SENT_KEEP)
+    )
+    return {"facilitator_status_sent": int(getattr(result, "rowcount", 0) or 0)}
