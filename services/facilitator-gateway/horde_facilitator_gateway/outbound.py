@@ -5,16 +5,18 @@ it to an authenticated socket and recorded it in `facilitator_status_sent` (`led
 is the bus message acknowledged. Order:
 
 * pending updates go out oldest first by the message's `sent_at` (the job-runner's creation time),
-  so updates that piled up while the link was down drain in the order they were made, whatever
-  order the concurrent deliveries reached the handler in;
+  so a job's updates that piled up while the link was down drain in the order they were made,
+  whatever order the concurrent deliveries reached the handler in (across jobs too, but for the
+  held final statuses below);
 * an update that gives up waiting goes back to the bus for a later retry. Pending updates of the
   same job that are newer give up with it, and newer ones arriving later are refused until it was
   sent (at most `BLOCK_S`), so no later update of a job overtakes an earlier one. Jobs are
   independent: one job's stuck update never holds back another's;
-* a final status waits `FINAL_HOLD_S` after it reached the queue before it is written: a job's
-  `accepted` and final status made milliseconds apart (a job that ends at once) are delivered
-  concurrently, and either may reach the queue first; the hold lets the older one in to be sorted
-  before it;
+* a final status of a job whose `accepted` was not written yet waits up to `FINAL_HOLD_S` after it
+  reached the queue (or until that `accepted` was written): a job's `accepted` and final status made
+  milliseconds apart (a job that ends at once) are delivered concurrently, and either may reach the
+  queue first; the hold lets the older one in to be sorted before it. Only that job waits (its
+  other updates stay behind the held one); every other job's updates go on being written;
 * an update created before a final status of its job that was already written is stale and is not
   written (`submit` returns False): should an older update arrive after the hold all the same, it
   would move the facilitator's view of the job back from final.
@@ -47,8 +49,9 @@ FINAL_STATUSES: Final = frozenset({"completed", "failed", "rejected"})
 
 FINAL_HOLD_S: Final = 0.25
 """Concurrent deliveries reach the queue within milliseconds of each other (one database check
-each); a quarter second covers that with a wide margin and delays a job's final status by nothing
-the facilitator could notice. Other updates are not held."""
+each); a quarter second covers that with a wide margin. It is only ever waited in full by a job
+that ends without an `accepted` (refused, or failed before the miner accepted): a job whose
+`accepted` was written, the usual case, is not held at all."""
 
 FINALS_REMEMBERED: Final = 10_000
 """Jobs whose newest written final status this queue remembers (for stale updates); older ones are
@@ -100,6 +103,8 @@ class StatusQueue:
         self._blocked: dict[uuid.UUID, tuple[datetime, float]] = {}
         # job uuid -> `sent_at` of the newest final status of the job written, least recent first
         self._finals: OrderedDict[uuid.UUID, datetime] = OrderedDict()
+        # jobs whose `accepted` was written (their final status needs no hold), least recent first
+        self._accepted: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -169,28 +174,37 @@ class StatusQueue:
             update.done.cancel()
 
     async def next(self) -> PendingUpdate:
-        """The oldest pending update, marked as being written (waits while there is none, or while
-        the oldest is a final status still held)."""
+        """The oldest pending update that may go, marked as being written (waits while there is
+        none). A held final status and its job's later updates are passed over, not waited for."""
         while True:
             hold: float | None = None
+            held: list[PendingUpdate] = []
+            held_jobs: set[uuid.UUID] = set()
+            found: PendingUpdate | None = None
             while self._heap:
-                update = self._heap[0]
+                update = heapq.heappop(self._heap)
                 if update.done.done():
-                    heapq.heappop(self._heap)
                     continue
                 if self._stale(update.job_uuid, update.sent_at):
-                    heapq.heappop(self._heap)
                     update.done.set_result(False)
                     continue
-                hold = update.ready_at - time.monotonic()
-                if hold > 0:
-                    break
-                heapq.heappop(self._heap)
-                update.writing = True
-                return update
+                wait = update.ready_at - time.monotonic()
+                if update.job_uuid in held_jobs or (wait > 0 and update.job_uuid not in self._accepted):
+                    held.append(update)
+                    held_jobs.add(update.job_uuid)
+                    if wait > 0:
+                        hold = wait if hold is None else min(hold, wait)
+                    continue
+                found = update
+                break
+            for update in held:
+                heapq.heappush(self._heap, update)
+            if found is not None:
+                found.writing = True
+                return found
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), hold if hold is not None and hold > 0 else None)
+                await asyncio.wait_for(self._changed.wait(), hold)
 
     def written(self, update: PendingUpdate) -> None:
         """The frame is on the socket: the waiting delivery may be acknowledged."""
@@ -198,7 +212,13 @@ class StatusQueue:
         blocked = self._blocked.get(update.job_uuid)
         if blocked is not None and update.sent_at <= blocked[0]:
             del self._blocked[update.job_uuid]  # the update that blocked its job went out
+        if update.status.value == "accepted":
+            self._accepted[update.job_uuid] = None
+            while len(self._accepted) > FINALS_REMEMBERED:
+                self._accepted.popitem(last=False)
+            self._changed.set()  # a final status of this job held for it may go now
         if update.status.value in FINAL_STATUSES:
+            self._accepted.pop(update.job_uuid, None)
             newest = max(update.sent_at, self._finals.pop(update.job_uuid, update.sent_at))
             self._finals[update.job_uuid] = newest
             while len(self._finals) > FINALS_REMEMBERED:

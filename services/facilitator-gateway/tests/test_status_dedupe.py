@@ -326,7 +326,8 @@ async def test_the_queue_drops_an_update_older_than_a_written_final() -> None:
 
 async def test_a_final_status_is_held_for_an_older_update_delivered_with_it() -> None:
     """A job that ends at once: its `accepted` and `completed` are delivered together and the final
-    may reach the queue first. It is held, so the older update still goes out before it."""
+    may reach the queue first. It is held, so the older update still goes out before it; once the
+    `accepted` was written the final goes at once, without waiting out the hold."""
     queue = StatusQueue(final_hold_s=60.0)  # the test, not the clock, decides when the older arrives
     job = uuid.uuid4()
     accepted = OrganicJobStatus(job_uuid=job, status="accepted", comment="")
@@ -341,10 +342,32 @@ async def test_a_final_status_is_held_for_an_older_update_delivered_with_it() ->
     assert first.message_id == accepted.message_id
     queue.written(first)
     assert await older is True
-    assert len(queue) == 1 and not final.done()  # the final is still held (60 s), then goes out
-    final.cancel()
+    second = await asyncio.wait_for(queue.next(), WAIT_S)  # far less than the 60 s hold
+    assert second.message_id == completed.message_id
+    queue.written(second)
+    assert await final is True
+
+
+async def test_a_held_final_status_holds_back_only_its_own_job() -> None:
+    """While one job's final waits for its `accepted`, other jobs' updates are written; a final of
+    a job whose `accepted` was already written is not held at all."""
+    queue = StatusQueue(final_hold_s=60.0)
+    held_job, other_job = uuid.uuid4(), uuid.uuid4()
+    held = OrganicJobStatus(job_uuid=held_job, status="failed", comment="declined")
+    other_accepted = OrganicJobStatus(job_uuid=other_job, status="accepted", comment="")
+    other_completed = OrganicJobStatus(job_uuid=other_job, status="completed", comment="done")
+    assert held.sent_at < other_accepted.sent_at  # the held one is the oldest in the queue
+    held_task = asyncio.create_task(queue.submit(held, 120.0, WAIT_S))
+    tasks = [asyncio.create_task(queue.submit(m, WAIT_S, WAIT_S)) for m in (other_accepted, other_completed)]
+    for expected in (other_accepted, other_completed):
+        update = await asyncio.wait_for(queue.next(), WAIT_S)
+        assert update.message_id == expected.message_id
+        queue.written(update)
+    assert [await t for t in tasks] == [True, True]
+    assert len(queue) == 1 and not held_task.done()  # still held: no `accepted` of its job came
+    held_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await final
+        await held_task
 
 
 async def test_ledger_rows_are_pruned_after_a_week(sessions: Any) -> None:
