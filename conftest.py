@@ -20,6 +20,10 @@ PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.
 AMQP_BASE = os.environ.get("TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:8]
 
+# Shared fixtures of every package's tests, in modules of the root-level `testing` package (on the
+# path through `pythonpath` in pyproject.toml).
+pytest_plugins = ["testing.fixtures_db", "testing.fixtures_s3", "testing.fixtures_bus"]
+
 
 def _run(coro: object) -> None:
     """`asyncio.run`, also from inside a running loop (async tests call the factories)."""

@@ -10,17 +10,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Cycle, SyntheticJob, SyntheticJobBatch, SystemEvent
 from horde_scheduler.batch_views import batch_report
+from testing.fixtures_db import truncate
 
 Sessions = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -36,26 +34,11 @@ def horde(*args: str, database_url: str, timeout: float = 60) -> subprocess.Comp
     )
 
 
-@pytest.fixture(scope="module")
-def batches_database_url(make_database: Callable[[], str]) -> str:
-    """A database of this module's own, so truncating never touches another test's rows."""
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(batches_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(batches_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(
-            text("TRUNCATE cycles, synthetic_job_batches, synthetic_jobs, system_events CASCADE")
-        )
-    try:
-        yield factory
-    finally:
-        await engine.dispose()
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, "cycles, synthetic_job_batches, synthetic_jobs, system_events CASCADE")
+    yield sessions
 
 
 async def _seed(sessions: Sessions) -> dict[str, SyntheticJobBatch]:
@@ -124,21 +107,21 @@ async def _seed(sessions: Sessions) -> dict[str, SyntheticJobBatch]:
     return {"missed": missed, "done": done, "running": running, "planned": planned}
 
 
-async def test_empty_database(sessions: Sessions, batches_database_url: str) -> None:
-    out = horde("batches", database_url=batches_database_url)
+async def test_empty_database(sessions: Sessions, db_url: str) -> None:
+    out = horde("batches", database_url=db_url)
     assert out.returncode == 0, out.stderr
     assert "no synthetic batches yet" in out.stdout
-    as_json = horde("batches", "--json", database_url=batches_database_url)
+    as_json = horde("batches", "--json", database_url=db_url)
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == []
-    missing = horde("batches", "show", "1", database_url=batches_database_url)
+    missing = horde("batches", "show", "1", database_url=db_url)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "no batch '1'"
 
 
-async def test_list(sessions: Sessions, batches_database_url: str) -> None:
+async def test_list(sessions: Sessions, db_url: str) -> None:
     rows = await _seed(sessions)
-    out = horde("batches", "--json", database_url=batches_database_url)
+    out = horde("batches", "--json", database_url=db_url)
     assert out.returncode == 0, out.stderr
     entries = json.loads(out.stdout)
     assert [e["id"] for e in entries] == [rows[k].id for k in ("planned", "running", "done", "missed")]
@@ -151,26 +134,26 @@ async def test_list(sessions: Sessions, batches_database_url: str) -> None:
     assert by_state["running"]["cycle"] is None and by_state["running"]["jobs"]["pending"] == 1
     assert by_state["missed"]["started_at"] is None
 
-    limited = json.loads(horde("batches", "--json", "--limit", "2", database_url=batches_database_url).stdout)
+    limited = json.loads(horde("batches", "--json", "--limit", "2", database_url=db_url).stdout)
     assert [e["id"] for e in limited] == [rows["planned"].id, rows["running"].id]
 
-    table = horde("batches", database_url=batches_database_url)
+    table = horde("batches", database_url=db_url)
     assert table.returncode == 0, table.stderr
     for word in ("planned", "running", "completed", "missed", "1000–1722", "2/1/2/1", "12-01 12:00:00"):
         assert word in table.stdout, (word, table.stdout)
 
 
-async def test_show_matches_the_debug_view(sessions: Sessions, batches_database_url: str) -> None:
+async def test_show_matches_the_debug_view(sessions: Sessions, db_url: str) -> None:
     rows = await _seed(sessions)
     for name in ("done", "missed", "running"):
         batch = rows[name]
         async with sessions() as session:
             view = await batch_report(session, batch.id)
         for key in (str(batch.id), str(batch.batch_uuid)):
-            out = horde("batches", "show", key, "--json", database_url=batches_database_url)
+            out = horde("batches", "show", key, "--json", database_url=db_url)
             assert out.returncode == 0, out.stderr
             assert json.loads(out.stdout) == view, name
-    shown = horde("batches", "show", str(rows["done"].id), database_url=batches_database_url)
+    shown = horde("batches", "show", str(rows["done"].id), database_url=db_url)
     assert shown.returncode == 0, shown.stderr
     for word in (
         "completed",
@@ -182,7 +165,7 @@ async def test_show_matches_the_debug_view(sessions: Sessions, batches_database_
         "1 (m2: 1)",
     ):
         assert word in shown.stdout, (word, shown.stdout)
-    bad = horde("batches", "show", "not-a-batch", database_url=batches_database_url)
+    bad = horde("batches", "show", "not-a-batch", database_url=db_url)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "not a batch id or uuid: 'not-a-batch'"
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models.chain import Neuron
 from horde_common.db.models.organic import OrganicJob
 from horde_localnet import keys
 from horde_localnet.miners import MinerFleet
+from testing.fixtures_db import truncate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,24 +37,11 @@ class Run:
     err: str
 
 
-@pytest.fixture(scope="module")
-def organic_database_url(make_database: Callable[[], str]) -> str:
-    """A database of this module's own, so truncating never touches another test's rows."""
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(organic_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(organic_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(text("TRUNCATE neurons, organic_jobs, system_events, outbox"))
-    try:
-        yield factory
-    finally:
-        await engine.dispose()
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, "neurons, organic_jobs, system_events, outbox")
+    yield sessions
 
 
 async def seed_snapshot(sessions: Sessions, neurons: list[tuple[int, str, int, bool]]) -> None:
@@ -102,9 +88,7 @@ async def rows(sessions: Sessions) -> list[OrganicJob]:
         return list(await session.scalars(select(OrganicJob)))
 
 
-async def test_completing_job_prints_accepted_then_completed(
-    sessions: Sessions, organic_database_url: str
-) -> None:
+async def test_completing_job_prints_accepted_then_completed(sessions: Sessions, db_url: str) -> None:
     """No --miner-hotkey: the first serving neuron that is not this validator (uid order)."""
     own = keys.validator_keypair(0).ss58_address
     async with MinerFleet(1, executors={AO: 1}, first_index=360, run_scripts=True) as fleet:
@@ -114,7 +98,7 @@ async def test_completing_job_prints_accepted_then_completed(
             sessions, [(0, idle, 1, False), (1, own, port, True), (2, miner.hotkey, port, True)]
         )
         run = await horde(
-            organic_database_url,
+            db_url,
             "--executor-class",
             AO,
             "--raw-script",
@@ -144,13 +128,11 @@ async def test_completing_job_prints_accepted_then_completed(
     assert queued == 0
 
 
-async def test_declining_miner_exits_1_with_the_rejection(
-    sessions: Sessions, organic_database_url: str
-) -> None:
+async def test_declining_miner_exits_1_with_the_rejection(sessions: Sessions, db_url: str) -> None:
     async with MinerFleet(1, executors={AO: 1}, behaviours={365: "decline"}, first_index=365) as fleet:
         miner = fleet.miners[0]
         await seed_snapshot(sessions, [(0, miner.hotkey, miner.port, True)])
-        run = await horde(organic_database_url, "--miner-hotkey", miner.hotkey, "--executor-class", AO)
+        run = await horde(db_url, "--miner-hotkey", miner.hotkey, "--executor-class", AO)
     assert run.code == 1, run.err
     statuses = status_lines(run.out)
     assert len(statuses) == 1 and statuses[0].startswith("job status: rejected")
@@ -160,19 +142,17 @@ async def test_declining_miner_exits_1_with_the_rejection(
     assert f"job {row.job_uuid} done: FAILED" in run.out
 
 
-async def test_unknown_miner_hotkey_exits_1_without_a_job(
-    sessions: Sessions, organic_database_url: str
-) -> None:
+async def test_unknown_miner_hotkey_exits_1_without_a_job(sessions: Sessions, db_url: str) -> None:
     await seed_snapshot(sessions, [(0, keys.miner_keypair(370).ss58_address, 1, True)])
     stranger = keys.miner_keypair(371).ss58_address
-    run = await horde(organic_database_url, "--miner-hotkey", stranger)
+    run = await horde(db_url, "--miner-hotkey", stranger)
     assert run.code == 1
     assert f"miner {stranger} is not in the newest metagraph snapshot (block {BLOCK})" in run.err
     assert status_lines(run.out) == []
     assert await rows(sessions) == []
 
 
-async def test_unknown_executor_class_is_a_config_error(organic_database_url: str) -> None:
-    run = await horde(organic_database_url, "--executor-class", "no-such-class")
+async def test_unknown_executor_class_is_a_config_error(db_url: str) -> None:
+    run = await horde(db_url, "--executor-class", "no-such-class")
     assert run.code == 2
     assert "config error: unknown executor class 'no-such-class'" in run.err

@@ -12,24 +12,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.chain import LocalChainClient
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Cycle, SyntheticJob, SyntheticJobBatch, SystemEvent, Weights
 from horde_common.db.models import Neuron as NeuronRow
 from horde_localnet import keys
 from horde_localnet.chain import RunningChain, running_chain
 from horde_localnet.chain_spec import LocalnetSpec, load_spec
 from horde_localnet.config import DEFAULT_METAGRAPH_PATH
+from testing.fixtures_db import truncate
 
 Sessions = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -49,24 +48,11 @@ def horde(*args: str, database_url: str, timeout: float = 60, **env: str) -> sub
     )
 
 
-@pytest.fixture(scope="module")
-def weights_database_url(make_database: Callable[[], str]) -> str:
-    """A database of this module's own, so truncating never touches another test's rows."""
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(weights_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(weights_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    try:
-        yield factory
-    finally:
-        await engine.dispose()
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, f"{TABLES} CASCADE")
+    yield sessions
 
 
 # --- horde weights ---------------------------------------------------------------------------------
@@ -103,13 +89,13 @@ async def _seed_weights(sessions: Sessions) -> list[int]:
     return ids
 
 
-async def test_weights_list(sessions: Sessions, weights_database_url: str) -> None:
-    empty = horde("weights", database_url=weights_database_url)
+async def test_weights_list(sessions: Sessions, db_url: str) -> None:
+    empty = horde("weights", database_url=db_url)
     assert empty.returncode == 0, empty.stderr
     assert "no weights written yet" in empty.stdout
 
     ids = await _seed_weights(sessions)
-    out = horde("weights", "--json", database_url=weights_database_url)
+    out = horde("weights", "--json", database_url=db_url)
     assert out.returncode == 0, out.stderr
     entries = json.loads(out.stdout)
     assert [e["id"] for e in entries] == ids[::-1]
@@ -126,10 +112,10 @@ async def test_weights_list(sessions: Sessions, weights_database_url: str) -> No
     assert by_block[1001]["updated_at"] == T0.isoformat()
     assert by_block[1000]["uids"] == 3 and by_block[1000]["status"] == "set"
 
-    limited = json.loads(horde("weights", "--json", "--limit", "2", database_url=weights_database_url).stdout)
+    limited = json.loads(horde("weights", "--json", "--limit", "2", database_url=db_url).stdout)
     assert [e["id"] for e in limited] == ids[:-3:-1]
 
-    table = horde("weights", database_url=weights_database_url)
+    table = horde("weights", database_url=db_url)
     assert table.returncode == 0, table.stderr
     for word in ("pending", "committed", "revealed", "not committed", "12-01 12:00:12", "12-01 13:12:00"):
         assert word in table.stdout, (word, table.stdout)
@@ -203,10 +189,10 @@ async def _state(sessions: Sessions, batch_id: int) -> tuple[bool, list[Weights]
     return bool(scored), rows, events
 
 
-async def test_set_scores_dry_run_then_a_real_run(sessions: Sessions, weights_database_url: str) -> None:
+async def test_set_scores_dry_run_then_a_real_run(sessions: Sessions, db_url: str) -> None:
     async with running_chain(_chain_spec()) as rc:
         batch_id = await _prepare(sessions, rc)
-        env: dict[str, Any] = {"database_url": weights_database_url, "LOCALNET_CHAIN_URL": rc.url}
+        env: dict[str, Any] = {"database_url": db_url, "LOCALNET_CHAIN_URL": rc.url}
         # The chain serves on this event loop: the command runs in a thread meanwhile.
         dry = await asyncio.to_thread(horde, "debug", "set-scores", "--dry-run", "--json", **env)
         assert dry.returncode == 0, dry.stderr
@@ -257,9 +243,7 @@ async def test_set_scores_dry_run_then_a_real_run(sessions: Sessions, weights_da
         assert "nothing_to_score" in again.stderr
 
 
-async def test_set_scores_dry_run_commit_mode_with_the_floor(
-    sessions: Sessions, weights_database_url: str
-) -> None:
+async def test_set_scores_dry_run_commit_mode_with_the_floor(sessions: Sessions, db_url: str) -> None:
     """MinAllowedWeights above the scored miners: every uid gets the floor (validators unscored);
     mode `commit-reveal-v2` quantises with zeros kept and reports the commit window."""
     async with running_chain(_chain_spec(min_allowed_weights=8)) as rc:
@@ -270,7 +254,7 @@ async def test_set_scores_dry_run_commit_mode_with_the_floor(
             "set-scores",
             "--dry-run",
             "--json",
-            database_url=weights_database_url,
+            database_url=db_url,
             LOCALNET_CHAIN_URL=rc.url,
             WEIGHTS_MODE="commit-reveal-v2",
         )

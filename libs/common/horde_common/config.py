@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     AWS_SECRET_ACCESS_KEY: SecretStr | None = None
     AWS_DEFAULT_REGION: str | None = None
     AWS_ENDPOINT_URL: str | None = None
+    # The prompt generator's model (docs/crossval.md §9.3): it names the generator image
+    # (`...prompt-gen-{model}:v0-latest`) and is its `--model_name`, so it must be a valid image-name part.
+    # `phi3` is the reference's default.
+    PROMPT_GENERATION_MODEL: str = Field(
+        "phi3", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$"
+    )
 
     # --- debug miner (debug run-synthetic-jobs) ---
     DEBUG_MINER_KEY: str | None = None

@@ -90,11 +90,15 @@ def parse_answers(body: bytes | str) -> dict[str, str]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise AnswersFormatError(f"answers are not JSON: {exc}") from None
+    except RecursionError:  # `[[[[…` nested deeper than the parser's stack: a hostile file
+        raise AnswersFormatError("answers are not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise AnswersFormatError(f"answers must be a JSON object, got {type(data).__name__}")
     for prompt, answer in data.items():
         if not isinstance(answer, str):
             raise AnswersFormatError(f"answer to {prompt[:80]!r} is not a string")
+        if "\x00" in answer:  # PostgreSQL text cannot hold NUL: refused here, not by the database
+            raise AnswersFormatError(f"answer to {prompt[:80]!r} contains a NUL character")
     return data
 
 

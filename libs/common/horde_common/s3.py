@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -61,6 +63,19 @@ def safe_url(url: str) -> str:
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(query=urlencode(pairs, safe="*/")))
+
+
+# `name=value` anywhere in free text whose name is one of `_SECRET_QUERY_PARTS` (as `safe_url`
+# matches them): a query string survives being cut out of its URL, quoted or JSON-escaped.
+_SECRET_PARAM_IN_TEXT = re.compile(
+    r"([\w.-]*(?:" + "|".join(_SECRET_QUERY_PARTS) + r")[\w.-]*=)[^&\s\"'<>\\]+", re.IGNORECASE
+)
+
+
+def scrub_text(text: str) -> str:
+    """Free text (a miner's error, a validation message) with the secret query values of any
+    presigned URL in it masked, as `safe_url` masks them: a peer may echo the URL it was given."""
+    return _SECRET_PARAM_IN_TEXT.sub(lambda m: m.group(1) + MASK, text)
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -248,9 +263,35 @@ def presigned_get_url(settings: Settings, bucket: str, key: str, *, expires_s: i
 # --- transfers ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """An object's bytes and its `Last-Modified` (S3 gives it to the second; None when the server
+    sent none or an unparseable one)."""
+
+    body: bytes
+    last_modified: datetime | None
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 async def download_bytes(
     url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout_s: float = DOWNLOAD_TIMEOUT_S
 ) -> bytes:
+    """`download_object`'s body."""
+    return (await download_object(url, max_bytes=max_bytes, timeout_s=timeout_s)).body
+
+
+async def download_object(
+    url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout_s: float = DOWNLOAD_TIMEOUT_S
+) -> Downloaded:
     """GET `url` (public or presigned) with a total time and size bound; typed errors otherwise.
 
     The timeout covers connecting, the headers and the whole body, so a server that trickles bytes
@@ -281,7 +322,7 @@ async def download_bytes(
                     body += chunk
                     if len(body) > max_bytes:
                         raise S3ObjectTooLarge(f"GET {shown}: more than {max_bytes} bytes")
-                return bytes(body)
+                return Downloaded(bytes(body), _http_date(response.headers.get("last-modified")))
     except (TimeoutError, httpx.TimeoutException):
         raise S3Timeout(f"GET {shown}: not done within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:

@@ -4,7 +4,8 @@ The pool's checkout/checkin events record which asyncio task holds each connecti
 assert that its own delivery holds none (the outbox relay of the same broker may hold one briefly at
 any moment, which is why the pool-wide `checkedout()` alone would be a flaky witness); Postgres'
 `pg_stat_activity` confirms that no backend of the database sits idle in a transaction. Every wait is
-on an event or a queue with a timeout.
+on an event or a queue with a timeout. `channel` and `make_broker` are the shared fixtures of
+testing/; `sf` here is on an engine whose checkouts the tests watch.
 """
 
 from __future__ import annotations
@@ -14,41 +15,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from sqlalchemy import event, func, select, text
+from aio_pika.abc import AbstractChannel
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from horde_common.bus.broker import Broker, Outcome
 from horde_common.bus.messages import BatchCompleted, BatchShardCompleted
 from horde_common.bus.router import BusRouter, HandlerContext
-from horde_common.bus.topology import DEAD_LETTER_QUEUE, declare_topology
 from horde_common.db import create_engine, session_factory
 from horde_common.db.models.bus import OutboxMessage, ProcessedMessage
 from horde_common.db.models.events import SystemEvent
+from testing.bus_checks import collect
+from testing.checkouts import Checkouts
 
 T = 15.0  # generous timeout of every wait; tests normally finish in milliseconds
-
-
-class Checkouts:
-    """Which task holds each checked-out connection of an engine's pool (from the pool's events)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.holders: dict[int, asyncio.Task[Any] | None] = {}
-        pool = engine.sync_engine.pool
-        event.listen(pool, "checkout", self._checkout)
-        event.listen(pool, "checkin", self._checkin)
-
-    def _checkout(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        self.holders[id(dbapi_conn)] = asyncio.current_task()
-
-    def _checkin(self, dbapi_conn: Any, record: Any) -> None:
-        self.holders.pop(id(dbapi_conn), None)
-
-    def held_by_current_task(self) -> int:
-        task = asyncio.current_task()
-        return sum(1 for holder in self.holders.values() if holder is task)
 
 
 @pytest.fixture
@@ -63,34 +44,6 @@ def sf(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return session_factory(engine)
 
 
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    conn = await aio_pika.connect(amqp_url)
-    ch = await conn.channel()
-    for q in (await declare_topology(ch)).values():
-        await q.purge()
-    await (await ch.get_queue(DEAD_LETTER_QUEUE)).purge()
-    yield ch
-    await conn.close()
-
-
-@pytest.fixture
-async def make_broker(
-    amqp_url: str, sf: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[Callable[..., Broker]]:
-    made: list[Broker] = []
-
-    def make(service: str = "test", *, db: bool = True, **kwargs: Any) -> Broker:
-        kwargs.setdefault("retry_delay_s", 0.005)
-        broker = Broker(amqp_url, service=service, session_factory=sf if db else None, **kwargs)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.stop(grace_s=0)
-
-
 def outcomes(broker: Broker) -> asyncio.Queue[Outcome]:
     q: asyncio.Queue[Outcome] = asyncio.Queue()
     broker.settle_listeners.append(lambda _queue, _id, outcome: q.put_nowait(outcome))
@@ -99,17 +52,6 @@ def outcomes(broker: Broker) -> asyncio.Queue[Outcome]:
 
 async def next_outcome(q: asyncio.Queue[Outcome]) -> Outcome:
     return await asyncio.wait_for(q.get(), T)
-
-
-async def collect(channel: AbstractChannel, queue: str) -> asyncio.Queue[AbstractIncomingMessage]:
-    got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        await message.ack()
-        got.put_nowait(message)
-
-    await (await channel.get_queue(queue)).consume(on_message)
-    return got
 
 
 async def count(sf: async_sessionmaker[AsyncSession], model: Any, message_id: uuid.UUID) -> int:

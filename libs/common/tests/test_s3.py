@@ -1,13 +1,13 @@
 """horde_common.s3 against the real moto_server on 127.0.0.1:9000 (scripts/services), over HTTP.
 
-moto accepts any credentials; each test uses buckets of its own. The stall and size cases use a tiny
-local HTTP server of the test's own that answers exactly as the case needs.
+moto accepts any credentials; each test uses buckets of its own (the `bucket` fixture, testing/). The
+stall and size cases use a tiny local HTTP server of the test's own that answers exactly as the case
+needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,41 +16,8 @@ import httpx
 import pytest
 
 from horde_common import s3
-from horde_common.config import Settings
 from horde_common.event_types import SystemEventSubtype, SystemEventType
-
-MOTO = "http://127.0.0.1:9000"
-ACCESS_KEY = "AKIATESTHORDE0000001"
-SECRET_KEY = "horde-test-secret-key-do-not-leak"
-
-
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "AWS_ENDPOINT_URL": MOTO,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@pytest.fixture()
-def bucket() -> str:
-    """A new bucket with anonymous read, as provisioning leaves it (docs/crossval.md §5)."""
-    name = f"horde-test-{uuid.uuid4().hex[:12]}"
-    client = s3.client(settings())
-    client.create_bucket(Bucket=name)
-    statement = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{name}/*",
-    }
-    client.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    )
-    return name
+from testing.s3 import ACCESS_KEY, MOTO, SECRET_KEY, s3_settings
 
 
 def assert_no_secret(text: str, url: str = "") -> None:
@@ -65,14 +32,14 @@ def assert_no_secret(text: str, url: str = "") -> None:
 
 
 def test_public_url_with_a_custom_endpoint() -> None:
-    assert s3.public_url(settings(), "b", "k") == f"{MOTO}/b/k"
-    assert s3.public_url(settings(), "b", "f.json", prefix="solved/") == f"{MOTO}/b/solved/f.json"
-    assert s3.public_url(settings(AWS_ENDPOINT_URL=MOTO + "/"), "b", "k") == f"{MOTO}/b/k"
+    assert s3.public_url(s3_settings(), "b", "k") == f"{MOTO}/b/k"
+    assert s3.public_url(s3_settings(), "b", "f.json", prefix="solved/") == f"{MOTO}/b/solved/f.json"
+    assert s3.public_url(s3_settings(AWS_ENDPOINT_URL=MOTO + "/"), "b", "k") == f"{MOTO}/b/k"
 
 
 @pytest.mark.parametrize("endpoint", [None, "", "  "])
 def test_public_url_defaults_to_aws_when_the_endpoint_is_unset_or_blank(endpoint: str | None) -> None:
-    conf = settings(AWS_ENDPOINT_URL=endpoint)
+    conf = s3_settings(AWS_ENDPOINT_URL=endpoint)
     assert s3.endpoint_url(conf) is None
     assert s3.public_url(conf, "prompts", "u1") == "https://s3.amazonaws.com/prompts/u1"
     assert s3.public_url(conf, "answers", "f.json", prefix="solved/") == (
@@ -84,26 +51,26 @@ def test_public_url_defaults_to_aws_when_the_endpoint_is_unset_or_blank(endpoint
 def test_presigning_for_aws_works_with_a_blank_endpoint(endpoint: str | None) -> None:
     """A blank AWS_ENDPOINT_URL is unset for boto3 too (it would otherwise be an invalid endpoint)."""
     url = s3.presigned_put_url(
-        settings(AWS_ENDPOINT_URL=endpoint), "my-bucket", "k", expires_s=60, prefix="p/"
+        s3_settings(AWS_ENDPOINT_URL=endpoint), "my-bucket", "k", expires_s=60, prefix="p/"
     )
     assert url.startswith("https://my-bucket.s3.amazonaws.com/p/k?")
     assert "X-Amz-Signature=" in url and "X-Amz-Expires=60" in url
 
 
 def test_presigned_urls_honour_the_endpoint_path_style() -> None:
-    put = s3.presigned_put_url(settings(), "bkt", "key", expires_s=3600, prefix="solved/")
-    get = s3.presigned_get_url(settings(), "bkt", "key", expires_s=120)
+    put = s3.presigned_put_url(s3_settings(), "bkt", "key", expires_s=3600, prefix="solved/")
+    get = s3.presigned_get_url(s3_settings(), "bkt", "key", expires_s=120)
     assert put.startswith(f"{MOTO}/bkt/solved/key?") and "X-Amz-Expires=3600" in put
     assert get.startswith(f"{MOTO}/bkt/key?") and "X-Amz-Expires=120" in get
 
 
 def test_expiry_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        s3.presigned_put_url(settings(), "b", "k", expires_s=0)
+        s3.presigned_put_url(s3_settings(), "b", "k", expires_s=0)
 
 
 def test_safe_url_masks_signature_and_credential() -> None:
-    url = s3.presigned_put_url(settings(), "bkt", "key", expires_s=60)
+    url = s3.presigned_put_url(s3_settings(), "bkt", "key", expires_s=60)
     shown = s3.safe_url(url)
     assert shown.startswith(f"{MOTO}/bkt/key?")
     assert "X-Amz-Signature=" in shown and "X-Amz-Expires=60" in shown
@@ -116,15 +83,15 @@ def test_safe_url_masks_signature_and_credential() -> None:
 
 def test_missing_bucket_settings_are_a_config_error() -> None:
     with pytest.raises(s3.S3ConfigError, match="S3_BUCKET_NAME_PROMPTS"):
-        s3.prompts_bucket(settings())
-    assert s3.answers_bucket(settings(S3_BUCKET_NAME_ANSWERS="answers")) == "answers"
+        s3.prompts_bucket(s3_settings())
+    assert s3.answers_bucket(s3_settings(S3_BUCKET_NAME_ANSWERS="answers")) == "answers"
 
 
 # --- transfers against moto --------------------------------------------------------------------------
 
 
 async def test_presigned_put_then_get_round_trip(bucket: str) -> None:
-    conf = settings()
+    conf = s3_settings()
     body = b"first prompt\nsecond prompt"
     put = await s3.presigned_put_url_async(conf, bucket, "w1", expires_s=3600)
     async with httpx.AsyncClient() as http:
@@ -138,29 +105,29 @@ async def test_presigned_put_then_get_round_trip(bucket: str) -> None:
 
 
 async def test_put_object_async_uploads_with_the_credentials(bucket: str) -> None:
-    await s3.put_object_async(settings(), bucket, "solved/x.json", b"{}", timeout_s=30)
-    assert await s3.download_bytes(s3.public_url(settings(), bucket, "x.json", prefix="solved/")) == b"{}"
+    await s3.put_object_async(s3_settings(), bucket, "solved/x.json", b"{}", timeout_s=30)
+    assert await s3.download_bytes(s3.public_url(s3_settings(), bucket, "x.json", prefix="solved/")) == b"{}"
 
 
 async def test_download_refuses_an_object_over_max_bytes(bucket: str) -> None:
-    await s3.upload_bytes(s3.presigned_put_url(settings(), bucket, "big", expires_s=60), b"x" * 2000)
+    await s3.upload_bytes(s3.presigned_put_url(s3_settings(), bucket, "big", expires_s=60), b"x" * 2000)
     with pytest.raises(s3.S3ObjectTooLarge, match="2000 bytes, more than 1000") as caught:
-        await s3.download_bytes(s3.public_url(settings(), bucket, "big"), max_bytes=1000)
+        await s3.download_bytes(s3.public_url(s3_settings(), bucket, "big"), max_bytes=1000)
     assert caught.value.subtype is SystemEventSubtype.ERROR_DOWNLOADING_FROM_S3
 
 
 async def test_a_private_object_is_not_publicly_readable() -> None:
     """Without the public-read policy the public URL is refused: why provisioning sets it."""
     name = f"horde-test-{uuid.uuid4().hex[:12]}"
-    s3.client(settings()).create_bucket(Bucket=name)
-    await s3.upload_bytes(s3.presigned_put_url(settings(), name, "k", expires_s=60), b"x")
+    s3.client(s3_settings()).create_bucket(Bucket=name)
+    await s3.upload_bytes(s3.presigned_put_url(s3_settings(), name, "k", expires_s=60), b"x")
     with pytest.raises(s3.S3DownloadError, match="HTTP 403"):
-        await s3.download_bytes(s3.public_url(settings(), name, "k"))
-    assert await s3.download_bytes(s3.presigned_get_url(settings(), name, "k", expires_s=60)) == b"x"
+        await s3.download_bytes(s3.public_url(s3_settings(), name, "k"))
+    assert await s3.download_bytes(s3.presigned_get_url(s3_settings(), name, "k", expires_s=60)) == b"x"
 
 
 async def test_a_missing_object_is_a_typed_error_without_secrets(bucket: str) -> None:
-    url = s3.presigned_get_url(settings(), bucket, "absent", expires_s=60)
+    url = s3.presigned_get_url(s3_settings(), bucket, "absent", expires_s=60)
     with pytest.raises(s3.S3DownloadError) as caught:
         await s3.download_bytes(url)
     text = str(caught.value)
@@ -175,7 +142,7 @@ async def test_a_missing_object_is_a_typed_error_without_secrets(bucket: str) ->
 
 
 async def test_an_upload_to_a_missing_bucket_is_a_typed_error_without_secrets() -> None:
-    url = s3.presigned_put_url(settings(), f"horde-absent-{uuid.uuid4().hex[:8]}", "k", expires_s=60)
+    url = s3.presigned_put_url(s3_settings(), f"horde-absent-{uuid.uuid4().hex[:8]}", "k", expires_s=60)
     with pytest.raises(s3.S3UploadError, match="HTTP 404 NoSuchBucket") as caught:
         await s3.upload_bytes(url, b"x")
     assert caught.value.subtype is SystemEventSubtype.ERROR_UPLOADING_TO_S3
@@ -184,7 +151,7 @@ async def test_an_upload_to_a_missing_bucket_is_a_typed_error_without_secrets() 
 
 def test_a_boto3_failure_is_a_typed_error_without_secrets() -> None:
     with pytest.raises(s3.S3UploadError) as caught:
-        s3.put_object(settings(), f"horde-absent-{uuid.uuid4().hex[:8]}", "k", b"x")
+        s3.put_object(s3_settings(), f"horde-absent-{uuid.uuid4().hex[:8]}", "k", b"x")
     assert "NoSuchBucket" in str(caught.value)
     assert_no_secret(str(caught.value))
 

@@ -9,7 +9,6 @@ job-runner or the cross-validator (localnet tests import no service).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from horde_common import s3
-from horde_common.config import Settings
 from horde_common.crossval import ExpectedPrompt, check_answers, parse_answers, solved_key, solver_cmd
 from horde_common.crypto import sign
 from horde_common.protocol.miner import (
@@ -44,8 +42,8 @@ from horde_common.protocol.miner import (
 from horde_common.protocol.miner.validator_messages import AuthenticationPayload
 from horde_localnet import keys, llm
 from horde_localnet.miners import BehaviourSpec, MinerConfig, SimulatedMiner, trusted_miner
+from testing.s3 import public_bucket, s3_settings
 
-MOTO = "http://127.0.0.1:9000"
 LLM = ExecutorClass.ALWAYS_ON_LLM_A6000
 VALIDATOR = keys.validator_keypair(0)
 OTHER_VALIDATOR = keys.validator_keypair(1)
@@ -55,32 +53,10 @@ SOLVER_IMAGE = "docker.io/backenddevelopersltd/compute-horde-prompt-solver:v0-la
 GENERATOR_IMAGE = "backenddevelopersltd/compute-horde-prompt-gen-phi3:v0-latest"
 
 
-def settings() -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        AWS_ENDPOINT_URL=MOTO,
-        AWS_ACCESS_KEY_ID="localnet",
-        AWS_SECRET_ACCESS_KEY="localnet",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-
-
 @pytest.fixture()
 def buckets() -> tuple[str, str]:
     """A prompts and an answers bucket of this test's own, public-read as provisioning leaves them."""
-    client = s3.client(settings())
-    names = (f"horde-llm-p-{uuid.uuid4().hex[:10]}", f"horde-llm-a-{uuid.uuid4().hex[:10]}")
-    for name in names:
-        client.create_bucket(Bucket=name)
-        statement = {
-            "Effect": "Allow",
-            "Principal": "*",
-            "Action": "s3:GetObject",
-            "Resource": f"arn:aws:s3:::{name}/*",
-        }
-        policy = {"Version": "2012-10-17", "Statement": [statement]}
-        client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
-    return names
+    return public_bucket("horde-llm-p"), public_bucket("horde-llm-a")
 
 
 @pytest.fixture()
@@ -110,8 +86,8 @@ def llm_miner(index: int, behaviour: str = "honest", **config: Any) -> Simulated
 def upload_series(bucket: str, prompts: list[str] | bytes) -> str:
     key = str(uuid.uuid4())
     body = prompts if isinstance(prompts, bytes) else llm.series_text(prompts).encode()
-    s3.put_object(settings(), bucket, key, body)
-    return s3.public_url(settings(), bucket, key)
+    s3.put_object(s3_settings(), bucket, key, body)
+    return s3.public_url(s3_settings(), bucket, key)
 
 
 def single_file_volume(url: str, relative_path: str) -> dict[str, Any]:
@@ -216,7 +192,7 @@ async def solve_on(
 ) -> tuple[V0JobFinishedRequest | V0JobFailedRequest, str]:
     """Run one solver job on the series; returns the outcome and the answers' public URL."""
     file_uuid = uuid.uuid4()
-    put = s3.presigned_put_url(settings(), answers_bucket, solved_key(file_uuid), expires_s=3600)
+    put = s3.presigned_put_url(s3_settings(), answers_bucket, solved_key(file_uuid), expires_s=3600)
     outcome = await validator.run_job(
         cmd=solver_cmd(seed, file_uuid),
         image=SOLVER_IMAGE,
@@ -224,7 +200,7 @@ async def solve_on(
         output_upload=put_uploads([(f"{file_uuid}.json", put)]),
         **kwargs,
     )
-    return outcome, s3.public_url(settings(), answers_bucket, solved_key(file_uuid))
+    return outcome, s3.public_url(s3_settings(), answers_bucket, solved_key(file_uuid))
 
 
 async def fetch_answers(url: str) -> dict[str, str]:
@@ -293,8 +269,8 @@ async def test_the_trusted_miner_serves_only_its_validator_and_skips_miner_hotke
     # The answering job, organic style: the workload file in the job request, not the initial one.
     workload = llm.generated_prompts(uuid.uuid4(), 4)
     workload_key = str(uuid.uuid4())
-    s3.put_object(settings(), answers_bucket, workload_key, "\n".join(workload).encode())
-    workload_url = s3.public_url(settings(), answers_bucket, workload_key)
+    s3.put_object(s3_settings(), answers_bucket, workload_key, "\n".join(workload).encode())
+    workload_url = s3.public_url(s3_settings(), answers_bucket, workload_key)
     outcome, answers_url = await solve_on(
         validator, workload_url, answers_bucket, seed=99, volume_in_initial=False, receipt_miner_hotkey=""
     )
@@ -312,7 +288,7 @@ async def test_the_prompt_generator_uploads_n_series_of_p_prompts(
     await validator.authenticate()
     series = [uuid.uuid4() for _ in range(3)]
     puts = [
-        (f"prompts_{u}.txt", s3.presigned_put_url(settings(), prompts_bucket, str(u), expires_s=3600))
+        (f"prompts_{u}.txt", s3.presigned_put_url(s3_settings(), prompts_bucket, str(u), expires_s=3600))
         for u in series
     ]
     cmd = ["--quantize", "--model_name", "phi3", "--batch_size=250", "--num_return_sequences=1"]
@@ -329,7 +305,7 @@ async def test_the_prompt_generator_uploads_n_series_of_p_prompts(
     assert isinstance(outcome, V0JobFinishedRequest), outcome
     seen: set[str] = set()
     for u in series:
-        text = (await s3.download_bytes(s3.public_url(settings(), prompts_bucket, str(u)))).decode()
+        text = (await s3.download_bytes(s3.public_url(s3_settings(), prompts_bucket, str(u)))).decode()
         lines = text.splitlines()
         assert lines == llm.generated_prompts(u, 7) and text.split("\n") == lines
         assert all(line == line.strip() and line for line in lines)

@@ -2,11 +2,13 @@
 
 One job writes N series files straight into the prompts bucket through presigned PUT URLs; the
 `prompt_series` rows (public URLs, never the signed ones) are inserted only after the job
-succeeded. The files themselves are not checked: sampling skips a series it cannot read.
+succeeded, and only for the files that are there and readable: a row for a missing file would
+count toward the series cap for ever while sampling could never use it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from enum import StrEnum
 from typing import Final
@@ -24,6 +26,7 @@ from horde_cross_validator.planning import generation_cmd, generation_success_ev
 from horde_cross_validator.runtime import CrossValidatorRuntime
 from horde_cross_validator.trusted_jobs import TrustedJobKind, job_request, run_trusted_job
 from horde_cross_validator.trusted_lock import try_advisory_lock
+from horde_cross_validator.workloads import SERIES_DOWNLOAD_TIMEOUT_S, SERIES_MAX_BYTES, series_problem
 
 __all__ = ["GENERATION_INTERVAL_S", "GenerationResult", "generation_loop", "run_generation"]
 
@@ -122,15 +125,26 @@ async def _generate(runtime: CrossValidatorRuntime, count: int, prompts_per_seri
         description = f"Trusted miner failed to run prompt generation job: {outcome.comment!r}"
         await _event(runtime, SystemEventSubtype.FAILURE, description, {"job_uuid": str(outcome.job_uuid)})
         return GenerationResult.FAILED
+    rows = []
+    problems: list[str] = []
+    urls = [s3.public_url(settings, bucket, str(u)) for u in series]
+    # All at once: each read is bounded (SERIES_DOWNLOAD_TIMEOUT_S), so is the whole check.
+    found = await asyncio.gather(*(_series_unusable(url) for url in urls))
+    for u, url, problem in zip(series, urls, found, strict=True):
+        if problem:
+            problems.append(problem)
+        else:
+            rows.append({"series_uuid": u, "s3_url": url, "generator_version": GENERATOR_VERSION})
+    if problems:  # the trusted miner said it succeeded: what it left is its fault, recorded as such
+        description = (
+            f"Trusted miner's prompt generation job left {len(problems)} of {count} series unusable"
+            f" (job {outcome.job_uuid}); first: {problems[0]}"
+        )
+        log.warning("generation.series_unusable", count=len(problems), first=problems[0])
+        await _event(runtime, SystemEventSubtype.ERROR_DOWNLOADING_FROM_S3, description)
+    if not rows:
+        return GenerationResult.FAILED
     completed_at = runtime.now()
-    rows = [
-        {
-            "series_uuid": u,
-            "s3_url": s3.public_url(settings, bucket, str(u)),
-            "generator_version": GENERATOR_VERSION,
-        }
-        for u in series
-    ]
     data = generation_success_event_data(started_at=started_at, completed_at=completed_at, count=len(rows))
     async with runtime.sessions() as session, session.begin():
         await session.execute(insert(PromptSeries), rows)
@@ -138,6 +152,15 @@ async def _generate(runtime: CrossValidatorRuntime, count: int, prompts_per_seri
             session, [SystemEventRecord(EVENT, SystemEventSubtype.SUCCESS, "", data, completed_at)]
         )
     return GenerationResult.STORED
+
+
+async def _series_unusable(url: str) -> str:
+    """Why the series file at `url` cannot be sampled ("" when it can): missing, too big, malformed."""
+    try:
+        body = await s3.download_bytes(url, max_bytes=SERIES_MAX_BYTES, timeout_s=SERIES_DOWNLOAD_TIMEOUT_S)
+    except s3.S3Error as exc:
+        return repr(exc)
+    return series_problem(body)[1]
 
 
 async def generation_loop(ctx: ServiceContext) -> None:

@@ -36,9 +36,6 @@ OUTCOME_GRACE_S: Final = 30.0
 """How long past a trusted job's own timeout its outcome may still arrive: the bus hop both ways
 and the job-runner's connect retries (up to 5 attempts) fit in it."""
 
-DEFAULT_GENERATION_MODEL: Final = "phi3"
-"""The prompt generator image's model (the reference's default; its image tag names it)."""
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -54,13 +51,18 @@ class CrossValidatorRuntime:
     rng: random.Random = field(default_factory=random.SystemRandom)
     now: Callable[[], datetime] = _now
     monotonic: Callable[[], float] = time.monotonic
-    generation_model: str = DEFAULT_GENERATION_MODEL
     generation_timeout_s: float = GENERATION_TIMEOUT_S
     answering_timeout_s: float = ANSWERING_TOTAL_TIMEOUT_S
     answering_wait_timeout_s: float = ANSWERING_WAIT_TIMEOUT_S
     answering_budget_s: float = ANSWERING_BUDGET_S
     outcome_grace_s: float = OUTCOME_GRACE_S
     params: PromptParams | None = None  # None: DYNAMIC_* read at the start of every run
+
+    @property
+    def generation_model(self) -> str:
+        """The prompt generator's model, `PROMPT_GENERATION_MODEL` (docs/operations.md §2.2): it
+        names the generator image and is passed to it, so each run reads the instance's settings."""
+        return self.settings.PROMPT_GENERATION_MODEL
 
     @property
     def trusted_miner_configured(self) -> bool:

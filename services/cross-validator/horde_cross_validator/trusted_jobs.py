@@ -38,8 +38,10 @@ log = structlog.get_logger(__name__)
 CHANNEL: Final = "horde_trusted_job_completed"
 LLM_EXECUTOR_CLASS: Final = "always_on.llm.a6000"
 """Both prompt jobs need the A6000 class the trusted miner must offer."""
-MAX_COMMENT_CHARS: Final = 2000
-"""A NOTIFY payload is limited to 8000 bytes; the comment is for operators, its head is enough."""
+MAX_COMMENT_CHARS: Final = 500
+"""A NOTIFY payload is limited to 8000 bytes and JSON spells a non-ASCII character as up to 12
+(`\\ud83d\\ude00`): 500 characters fit whatever they are. The comment is for operators; its head
+is enough."""
 
 
 class TrustedJobKind:
@@ -116,7 +118,7 @@ async def run_trusted_job(
             data = json.loads(payload)
         except ValueError:
             return
-        if data.get("job_uuid") != str(job_uuid) or answer.done():
+        if not isinstance(data, dict) or data.get("job_uuid") != str(job_uuid) or answer.done():
             return
         answer.set_result(TrustedOutcome(job_uuid, bool(data.get("success")), str(data.get("comment") or "")))
 

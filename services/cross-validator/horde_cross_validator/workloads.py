@@ -25,7 +25,14 @@ from horde_cross_validator.runtime import CrossValidatorRuntime
 from horde_cross_validator.sampling import SamplingRun, WorkloadDraft, series_lines
 from horde_cross_validator.trusted_lock import SAMPLING_LOCK_KEY, try_advisory_lock
 
-__all__ = ["SAMPLING_INTERVAL_S", "SERIES_DOWNLOAD_TIMEOUT_S", "run_sampling", "sampling_loop"]
+__all__ = [
+    "SAMPLING_INTERVAL_S",
+    "SERIES_DOWNLOAD_TIMEOUT_S",
+    "SERIES_MAX_BYTES",
+    "run_sampling",
+    "sampling_loop",
+    "series_problem",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +42,9 @@ SERIES_DOWNLOAD_TIMEOUT_S: Final = 10.0
 """A series file is ~240 short lines (a few KiB); 10 s is generous, and bounds a run of thousands."""
 SERIES_MAX_BYTES: Final = 1024 * 1024
 """Far above a real series (240 prompts of at most 40 tokens); a bigger file is not a series."""
+MAX_PROMPT_CHARS: Final = 4096
+"""A generated prompt is at most 40 tokens (a few hundred characters); a longer line is not a
+prompt, and would be copied into every workload file and prompt row that samples it."""
 
 EVENT: Final = SystemEventType.LLM_PROMPT_SAMPLING
 
@@ -71,14 +81,43 @@ async def _new_workload(runtime: CrossValidatorRuntime) -> _Workload | None:
     return _Workload(workload_uuid, put_url, s3.public_url(settings, bucket, str(workload_uuid)))
 
 
+def series_problem(body: bytes) -> tuple[list[str], str]:
+    """The series' lines and "" when usable, else the reason it is not (the trusted miner's fault)."""
+    try:
+        lines = series_lines(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return [], f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    for number, line in enumerate(lines, 1):
+        if "\x00" in line:  # PostgreSQL text cannot hold it: the workload would upload but never save
+            return [], f"line {number} contains a NUL character"
+        if len(line) > MAX_PROMPT_CHARS:
+            return [], f"line {number} has {len(line)} characters, more than {MAX_PROMPT_CHARS}"
+        if not line or line != line.strip():
+            # The solver answers the stripped line: this prompt could never be matched, and its
+            # workload, never finished, would hold generation back for good (docs/crossval.md §7.2).
+            return [], f"line {number} is blank or padded with whitespace"
+    return lines, ""
+
+
 async def _series_lines(runtime: CrossValidatorRuntime, url: str) -> list[str] | None:
     try:
         body = await s3.download_bytes(url, max_bytes=SERIES_MAX_BYTES, timeout_s=SERIES_DOWNLOAD_TIMEOUT_S)
-        return series_lines(body.decode("utf-8", errors="replace"))
     except s3.S3Error as exc:
         log.warning("sampling.series_download_failed", error=str(exc))
         await _s3_event(runtime, exc, "Failed to download prompt series: ")
         return None
+    lines, problem = series_problem(body)
+    if problem:
+        log.warning("sampling.series_malformed", url=url, problem=problem)
+        description = f"Malformed prompt series {url}: {problem}"  # a public URL: no secret in it
+        await _events(
+            runtime,
+            SystemEventRecord(
+                EVENT, SystemEventSubtype.ERROR_DOWNLOADING_FROM_S3, description, {}, runtime.now()
+            ),
+        )
+        return None
+    return lines
 
 
 async def _upload(runtime: CrossValidatorRuntime, workload: _Workload, draft: WorkloadDraft) -> bool:

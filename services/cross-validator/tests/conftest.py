@@ -1,15 +1,13 @@
-"""Fixtures of the cross-validator's loop tests: a migrated database and a RabbitMQ vhost per
-module, fresh buckets on the real moto_server per test, and a stand-in for the job-runner's side of
-`trusted.job.requested` (docs/crossval.md §9.7)."""
+"""Fixtures of the cross-validator's loop tests, on the shared ones of testing/ (a migrated database
+and a RabbitMQ vhost per module, fresh buckets on the real moto_server per test): an emptied database
+per test, and a stand-in for the job-runner's side of `trusted.job.requested` (docs/crossval.md §9.7)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-import subprocess
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,91 +18,40 @@ from horde_common import s3
 from horde_common.bus import Broker, BusRouter, HandlerContext
 from horde_common.bus.messages import TrustedJobCompleted, TrustedJobRequested
 from horde_common.config import Settings
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Prompt, PromptSample, PromptSeries, SolveWorkload, SystemEvent
 from horde_cross_validator.app import router as cross_validator_router
 from horde_cross_validator.planning import PromptParams
 from horde_cross_validator.runtime import CrossValidatorRuntime
 
-MOTO = "http://127.0.0.1:9000"
 WAIT_S = 30.0  # every wait on the bus or a task is bounded by this
 
 Sessions = async_sessionmaker[AsyncSession]
 Behaviour = Callable[[TrustedJobRequested], Awaitable[TrustedJobCompleted | None]]
 
 
-def s3_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "AWS_ENDPOINT_URL": MOTO,
-        "AWS_ACCESS_KEY_ID": "AKIATESTHORDE0000002",
-        "AWS_SECRET_ACCESS_KEY": "horde-test-crossval-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "TRUSTED_MINER_ADDRESS": "127.0.0.1",
-        "TRUSTED_MINER_PORT": 1,  # never dialled: the test plays the job-runner
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-def make_bucket() -> str:
-    """A new bucket with anonymous read, as provisioning leaves it (docs/crossval.md §5)."""
-    name = f"horde-cv-{uuid.uuid4().hex[:12]}"
-    client = s3.client(s3_settings())
-    client.create_bucket(Bucket=name)
-    statement = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{name}/*",
-    }
-    client.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    )
-    return name
+# The loop tests play the job-runner over the bus, so the trusted miner is never dialled.
+TRUSTED_MINER = {"TRUSTED_MINER_ADDRESS": "127.0.0.1", "TRUSTED_MINER_PORT": 1}
 
 
 @pytest.fixture()
-def settings() -> Settings:
-    return s3_settings(S3_BUCKET_NAME_PROMPTS=make_bucket(), S3_BUCKET_NAME_ANSWERS=make_bucket())
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    url: str = make_database()
-    upgrade(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-async def module_sessions(db_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
+def settings(s3_conf: Settings) -> Settings:
+    return s3_conf.model_copy(update=TRUSTED_MINER)
 
 
 @pytest.fixture()
-async def sessions(module_sessions: Sessions) -> Sessions:
-    """The module's database with no prompt rows and no events left by an earlier test."""
-    async with module_sessions.begin() as session:
+async def sessions(sessions: Sessions) -> Sessions:
+    """The module's database (testing/fixtures_db.py) with no prompt rows and no events left by an
+    earlier test."""
+    async with sessions.begin() as session:
         for model in (Prompt, PromptSample, SolveWorkload, PromptSeries, SystemEvent):
             await session.execute(delete(model))
-    return module_sessions
+    return sessions
 
 
 @pytest.fixture(scope="module")
-def vhost_url(amqp_url: str) -> Iterator[str]:
-    base = amqp_url.rsplit("/", 1)[0]
-    vhost = f"horde_test_crossval_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    yield f"{base}/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True, timeout=60)
+def vhost_url(module_vhost_url: str) -> str:
+    """One vhost for the module's loop tests."""
+    return module_vhost_url
 
 
 class FakeJobRunner:

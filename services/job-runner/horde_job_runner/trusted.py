@@ -11,12 +11,14 @@ decides what the outcome means.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import structlog
 
+from horde_common import s3
 from horde_common.bus import HandlerContext
 from horde_common.bus.messages import MinerEndpoint, TrustedJobCompleted, TrustedJobRequested
 from horde_common.config import Settings, get_settings
@@ -33,6 +35,9 @@ MAX_TRUSTED_TIMEOUT_S: Final = 600.0
 """Ceiling on the timeouts a request may ask for: the longest trusted job (generation) has 300 s,
 answering 288 s; a request beyond twice that is a bug, not a reason to hold a consumer."""
 TRUSTED_MINER_UID: Final = -1  # not on the chain: no uid
+MAX_COMMENT_CHARS: Final = 2000
+"""The comment carries the miner's failure message (its stdout and stderr included, megabytes at
+worst) onto the bus and into the cross-validator's event; its head is what an operator needs."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,12 @@ async def handle_trusted_job_requested(msg: TrustedJobRequested, ctx: HandlerCon
 
 def _timeout(request: dict[str, Any], key: str) -> float:
     value = request.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"request has no valid {key!r}")
     return min(float(value), MAX_TRUSTED_TIMEOUT_S)
 
@@ -90,6 +100,8 @@ async def run_trusted_job(
     """Run the requested job on the trusted miner; every way it can end is a `TrustedJobCompleted`."""
 
     def done(success: bool, comment: str) -> TrustedJobCompleted:
+        # The miner (or a validation message) may echo a presigned URL of the job: masked first.
+        comment = s3.scrub_text(comment[: MAX_COMMENT_CHARS * 2])[:MAX_COMMENT_CHARS]
         log.info("trusted.job", job_uuid=str(msg.job_uuid), success=success, comment=comment[:200])
         return TrustedJobCompleted(
             job_uuid=msg.job_uuid, workload_id=msg.workload_id, success=success, comment=comment
@@ -130,6 +142,6 @@ async def run_trusted_job(
             "trusted.miner_event",
             job_uuid=str(msg.job_uuid),
             subtype=str(event.subtype),
-            description=event.description,
+            description=s3.scrub_text(event.description[: MAX_COMMENT_CHARS * 2])[:MAX_COMMENT_CHARS],
         )
     return done(outcome.kind is OutcomeKind.FINISHED, _comment(outcome, miner))

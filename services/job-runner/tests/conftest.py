@@ -1,8 +1,6 @@
-"""Fixtures shared by the job-runner's tests: one migrated database per test module, and its store;
-and a session-end check that no job-generation pool was left running.
-
-Per module (not per session) so that each module's batches, "previous batch" counts and events
-are its own, whatever order the modules run in.
+"""Fixtures shared by the job-runner's tests: the store on the module's own migrated database
+(`db_url`, testing/fixtures_db.py), and a session-end check that no job-generation pool was left
+running.
 """
 
 from __future__ import annotations
@@ -14,21 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_job_runner.synthetic.generation_pool import management_threads
 from horde_job_runner.synthetic.persistence import BatchStore
 
 # How long the generation management threads still running at the end of the session get to end (a
 # pool shut down by the last test ends them within a few seconds) before they count as leaked.
 LEFTOVER_THREADS_WAIT_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def db_url(make_database) -> str:  # type: ignore[no-untyped-def]
-    """A new database migrated to head, for this test module."""
-    url: str = make_database()
-    upgrade(url)
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ session factory and no session; the deferred writes then run in a final transact
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,6 @@ from horde_common.bus.messages import (
 )
 from horde_common.bus.router import Dependencies, HandlerContext
 from horde_common.config import load_settings
-from horde_common.db import create_engine, session_factory
 from horde_common.db.models import SyntheticJob, SystemEvent
 from horde_common.db.models.shards import BatchShard
 from horde_job_runner.synthetic.batch import completed_message_id, ready_message_id
@@ -48,13 +47,6 @@ AO = "always_on.gpu-24gb"
 FAST = BatchTimeouts(
     manifest=3.0, job_wait_extra=1.0, spin_up={AO: 1.0}, job_timeout=2.0, persist_backoff=0.01
 )
-
-
-@pytest.fixture(scope="module")
-async def sessions(db_url: str) -> AsyncIterator[Any]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 class FakeScheduler:

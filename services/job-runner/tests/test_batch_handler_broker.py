@@ -14,9 +14,6 @@ Either way no miner gets a second set of jobs.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +31,6 @@ from horde_common.bus.messages import (
     ShardDeadlines,
 )
 from horde_common.config import load_settings
-from horde_common.db import create_engine, session_factory
 from horde_common.db.models import SyntheticJob, SystemEvent
 from horde_job_runner.app import router as job_runner_router
 from horde_job_runner.synthetic.generation import InlineJobFactory
@@ -56,29 +52,6 @@ MINERS = 2
 WAIT_S = 30.0
 JOB_REQUEST = "V0InitialJobRequest"  # one per job: a second set of jobs would send these again
 SHARD_QUEUE = "job-runner.batch.shard.requested"
-
-
-@pytest.fixture(scope="module")
-async def sessions(db_url: str) -> AsyncIterator[Any]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
-
-
-@pytest.fixture()
-def vhost_url(amqp_url: str) -> Iterator[str]:
-    """A RabbitMQ vhost of this test alone: no other test's messages in the job-runner's queues."""
-    base = amqp_url.rsplit("/", 1)[0]
-    vhost = f"horde_test_broker_shard_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    yield f"{base}/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True, timeout=60)
 
 
 class Scheduler:

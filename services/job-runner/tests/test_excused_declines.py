@@ -5,31 +5,24 @@ real sockets; the organic rows are written by the organic runner's own store fun
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from horde_common.bus.messages import MinerEndpoint
-from horde_common.db.models import MinerManifest, SyntheticJob, SystemEvent
+from horde_common.db.models import MinerManifest, SyntheticJob
 from horde_common.db.models.organic import OrganicJob
 from horde_job_runner.organic.outcomes import Outcome, OutcomeKind, report
 from horde_job_runner.organic.store import assign_miner, stage_accepted, stage_report
-from horde_job_runner.synthetic.batch import run_shard
-from horde_job_runner.synthetic.generation import InlineJobFactory
-from horde_job_runner.synthetic.model import (
-    BatchDeps,
-    BatchTimeouts,
-    DynamicValues,
-    ShardRequest,
-    ShardResult,
-)
+from horde_job_runner.synthetic.model import BatchTimeouts
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_localnet import keys
 from horde_localnet.miners import MinerFleet
+from testing.batch_checks import events as batch_events
+from testing.batch_checks import rows as batch_rows
+from testing.miner_fleet import endpoints, run_shard_over
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,37 +41,7 @@ FAST = BatchTimeouts(
 )
 
 
-async def no_sleep(delay: float) -> None:
-    return None
-
-
-def endpoints(fleet: MinerFleet) -> list[MinerEndpoint]:
-    return [
-        MinerEndpoint(hotkey=m.hotkey, uid=m.index, address="127.0.0.1", port=m.port) for m in fleet.miners
-    ]
-
-
-async def run_batch(
-    store: BatchStore,
-    miners: list[MinerEndpoint],
-    fault: Callable[[str], Awaitable[None]] | None = None,
-    timeouts: BatchTimeouts = FAST,
-) -> tuple[int, ShardResult]:
-    batch_id, _ = await store.create_batch()
-    result = await run_shard(
-        ShardRequest(batch_id=batch_id, miners=miners, weights_version=4),
-        BatchDeps(
-            keypair=VALIDATOR,
-            store=store,
-            dynamic=DynamicValues(),
-            difficulty="localnet",
-            timeouts=timeouts,
-            job_factory=InlineJobFactory(),
-            sleep=no_sleep,
-            fault=fault,
-        ),
-    )
-    return batch_id, result
+run_batch = partial(run_shard_over, timeouts=FAST)
 
 
 async def organic_job(
@@ -108,21 +71,6 @@ async def finish_organic(store: BatchStore, job_uuid: uuid.UUID, hotkey: str) ->
     result = report(outcome, name=hotkey, job_uuid=str(job_uuid), total_s=300.0, wait_s=30.0)
     async with store.sessions.begin() as session:
         await stage_report(session, job_uuid, hotkey, result, publish=False)
-
-
-async def batch_rows(store: BatchStore, model: Any, batch_id: int) -> list[Any]:
-    async with store.sessions() as session:
-        return list((await session.scalars(select(model).where(model.batch_id == batch_id))).all())
-
-
-async def batch_events(store: BatchStore, batch_id: int) -> list[SystemEvent]:
-    async with store.sessions() as session:
-        result = await session.scalars(
-            select(SystemEvent)
-            .where(SystemEvent.data["batch_id"].as_integer() == batch_id)
-            .order_by(SystemEvent.id)
-        )
-        return list(result.all())
 
 
 async def test_declines_of_executors_busy_with_our_organic_jobs_are_excused(store: BatchStore) -> None:

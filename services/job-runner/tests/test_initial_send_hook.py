@@ -8,20 +8,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from horde_common.bus.messages import MinerEndpoint
 from horde_common.db.models import SyntheticJob
-from horde_job_runner.synthetic.batch import run_shard
-from horde_job_runner.synthetic.generation import InlineJobFactory
-from horde_job_runner.synthetic.model import (
-    BatchDeps,
-    BatchTimeouts,
-    DynamicValues,
-    ShardRequest,
-    ShardResult,
-)
+from horde_job_runner.synthetic.model import BatchTimeouts, ShardResult
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_localnet import keys
 from horde_localnet.miners import MinerFleet
+from testing.miner_fleet import endpoints, run_shard_over
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,32 +31,8 @@ FAST = BatchTimeouts(
 )
 
 
-async def _no_sleep(delay: float) -> None:
-    return None
-
-
-def _endpoints(fleet: MinerFleet) -> list[MinerEndpoint]:
-    return [
-        MinerEndpoint(hotkey=m.hotkey, uid=m.index, address="127.0.0.1", port=m.port) for m in fleet.miners
-    ]
-
-
 async def _run(store: BatchStore, fleet: MinerFleet, **deps: Any) -> tuple[int, ShardResult]:
-    batch_id, _ = await store.create_batch()
-    result = await run_shard(
-        ShardRequest(batch_id=batch_id, miners=_endpoints(fleet), weights_version=4),
-        BatchDeps(
-            keypair=VALIDATOR,
-            store=store,
-            dynamic=DynamicValues(),
-            difficulty="localnet",
-            timeouts=FAST,
-            job_factory=InlineJobFactory(),
-            sleep=_no_sleep,
-            **deps,
-        ),
-    )
-    return batch_id, result
+    return await run_shard_over(store, endpoints(fleet), timeouts=FAST, **deps)
 
 
 def _initials(fleet: MinerFleet) -> int:

@@ -10,16 +10,14 @@ of samples runs no LLM job, consumes nothing and reports INSUFFICIENT_PROMPTS on
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from sqlalchemy import delete, func, select
 
 from horde_common import s3
-from horde_common.bus.messages import MinerEndpoint
 from horde_common.config import Settings, get_settings
 from horde_common.crossval import ANSWERS_MISMATCH
 from horde_common.db.models import (
@@ -30,25 +28,17 @@ from horde_common.db.models import (
     SyntheticJob,
     SystemEvent,
 )
-from horde_job_runner.synthetic.batch import run_shard
-from horde_job_runner.synthetic.generation import InlineJobFactory
-from horde_job_runner.synthetic.model import (
-    BatchDeps,
-    BatchTimeouts,
-    DynamicValues,
-    ShardRequest,
-    ShardResult,
-)
+from horde_job_runner.synthetic.model import BatchTimeouts
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_localnet import keys, llm
 from horde_localnet.miners import MinerFleet
+from testing.miner_fleet import endpoints, run_shard_over
 
 pytestmark = pytest.mark.timeout(90)
 
 VALIDATOR = keys.validator_keypair(0)
 AO = "always_on.gpu-24gb"
 LLM = "always_on.llm.a6000"
-MOTO = "http://127.0.0.1:9000"
 SEED = 2_024_112
 # Short windows, but room for the simulated executor's real S3 round trips (download the series,
 # upload the answers) within the job's limit.
@@ -61,44 +51,12 @@ TIMEOUTS = BatchTimeouts(
     job_timeout=8.0,
     persist_backoff=0.01,
 )
-S3_ENV = {
-    "AWS_ENDPOINT_URL": MOTO,
-    "AWS_ACCESS_KEY_ID": "AKIATESTHORDELLM0002",
-    "AWS_SECRET_ACCESS_KEY": "horde-llm-batch-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def public_bucket(settings: Settings) -> str:
-    name = f"horde-llm-{uuid.uuid4().hex[:12]}"
-    client = s3.client(settings)
-    client.create_bucket(Bucket=name)
-    statement = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{name}/*",
-    }
-    client.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    )
-    return name
 
 
 @pytest.fixture()
-def conf(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def conf(s3_env: Settings) -> Settings:
     """Buckets of the test's own, in the settings the shard reads (`get_settings`)."""
-    base = Settings(_env_file=None, **S3_ENV)  # type: ignore[call-arg]
-    env = {
-        **S3_ENV,
-        "S3_BUCKET_NAME_PROMPTS": public_bucket(base),
-        "S3_BUCKET_NAME_ANSWERS": public_bucket(base),
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return s3_env
 
 
 async def reset_prompts(store: BatchStore) -> None:
@@ -139,31 +97,7 @@ async def seed_ready(store: BatchStore, conf: Settings, count: int) -> list[int]
     return ids
 
 
-def endpoints(fleet: MinerFleet) -> list[MinerEndpoint]:
-    return [
-        MinerEndpoint(hotkey=m.hotkey, uid=m.index, address="127.0.0.1", port=m.port) for m in fleet.miners
-    ]
-
-
-async def run_batch(store: BatchStore, miners: list[MinerEndpoint]) -> tuple[int, ShardResult]:
-    batch_id, _ = await store.create_batch()
-
-    async def no_sleep(delay: float) -> None:
-        await asyncio.sleep(0)
-
-    result = await run_shard(
-        ShardRequest(batch_id=batch_id, miners=miners, weights_version=4),
-        BatchDeps(
-            keypair=VALIDATOR,
-            store=store,
-            dynamic=DynamicValues(),
-            difficulty="localnet",
-            timeouts=TIMEOUTS,
-            job_factory=InlineJobFactory(),
-            sleep=no_sleep,
-        ),
-    )
-    return batch_id, result
+run_batch = partial(run_shard_over, timeouts=TIMEOUTS)
 
 
 async def batch_events(store: BatchStore, batch_id: int, subtype: str) -> list[SystemEvent]:

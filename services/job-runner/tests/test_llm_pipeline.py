@@ -29,55 +29,26 @@ from horde_common.db.models import (
     PromptSeries,
     SolveWorkload,
     SyntheticJob,
+    SystemEvent,
 )
 from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS
 from horde_job_runner.generators import LlmPromptSample, LlmPromptsJobGenerator, make_generator
 from horde_job_runner.synthetic.ledger import JobLedger
 from horde_job_runner.synthetic.llm_answers import fetch_llm_answers
 from horde_job_runner.synthetic.llm_sample_store import PromptSampleStore, SampleCounts
-from horde_job_runner.synthetic.llm_samples import answer_targets, consume_llm_samples, take_llm_samples
-from horde_job_runner.synthetic.model import BatchTimeouts, JobState, SystemClock
+from horde_job_runner.synthetic.llm_samples import answer_targets, take_llm_samples
+from horde_job_runner.synthetic.model import JobState, SystemClock
 from horde_job_runner.synthetic.persistence import BatchStore
 from horde_job_runner.synthetic.shard_services import EventLog
 from horde_localnet import llm
+from testing.s3 import MOTO, s3_settings
 
 pytestmark = pytest.mark.timeout(60)
 
-MOTO = "http://127.0.0.1:9000"
-
-
-def s3_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "AWS_ENDPOINT_URL": MOTO,
-        "AWS_ACCESS_KEY_ID": "AKIATESTHORDELLM0001",
-        "AWS_SECRET_ACCESS_KEY": "horde-llm-test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-def public_bucket(settings: Settings) -> str:
-    """A new bucket anyone may read, as `horde s3 provision` leaves it (docs/crossval.md §5)."""
-    name = f"horde-llm-{uuid.uuid4().hex[:12]}"
-    client = s3.client(settings)
-    client.create_bucket(Bucket=name)
-    statement = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{name}/*",
-    }
-    client.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    )
-    return name
-
 
 @pytest.fixture()
-def conf() -> Settings:
-    base = s3_settings()
-    return s3_settings(S3_BUCKET_NAME_PROMPTS=public_bucket(base), S3_BUCKET_NAME_ANSWERS=public_bucket(base))
+def conf(s3_conf: Settings) -> Settings:
+    return s3_conf
 
 
 @pytest.fixture()
@@ -201,7 +172,11 @@ async def test_taking_is_all_or_nothing_and_the_shortage_is_reported_unless_rece
     take: dict[str, Any] = {"shard_index": 0, "shard_count": 1, "db_timeout": 5.0}
     events = event_log()
     assert await take_llm_samples(samples, 3, recently_reported=False, events=events, **take) == ()
-    (short,) = events.records
+    assert events.records == []  # written at once, in a transaction of its own (test_llm_atomic.py)
+    async with store.sessions() as session:
+        (short,) = (
+            await session.scalars(select(SystemEvent).where(SystemEvent.subtype == "INSUFFICIENT_PROMPTS"))
+        ).all()
     assert (short.type, short.subtype) == ("VALIDATOR_TELEMETRY", "INSUFFICIENT_PROMPTS")
     assert short.data["llm_executor_count"] == 3 and short.data["prompt_samples_available"] == 2
     assert (
@@ -263,7 +238,6 @@ async def test_consuming_links_each_sample_to_its_job_once(
         )
     assert linked == {a: first, b: second}
     assert await samples.ready(10) == []
-    assert await consume_llm_samples(None, [], timeouts=BatchTimeouts()) == 0
 
 
 # ---------------------------------------------------------------------------------------- answers files

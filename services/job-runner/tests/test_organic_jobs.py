@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from horde_common.bus import BusRouter, HandlerContext
 from horde_common.bus.messages import OrganicJobRequested
 from horde_common.bus.router import Dependencies
-from horde_common.db import create_engine, session_factory
 from horde_common.db.models import MinerManifest, SyntheticJobBatch, SystemEvent
 from horde_common.db.models.bus import OutboxMessage
 from horde_common.db.models.chain import Neuron
@@ -40,13 +38,6 @@ BLOCK = 1  # every test's neurons go into one snapshot (the newest is the one lo
 
 async def no_sleep(delay: float) -> None:
     await asyncio.sleep(0)
-
-
-@pytest.fixture(scope="module")
-async def sessions(db_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.bus.messages import OrganicJobRequested
-from horde_common.db import create_engine, session_factory
 from horde_common.db.models import SystemEvent
 from horde_common.db.models.bus import OutboxMessage
 from horde_common.db.models.chain import Neuron
@@ -52,13 +51,6 @@ RESUMED = ("VALIDATOR_FAILURE", "ORGANIC_JOB_RESUMED")
 
 async def no_sleep(delay: float) -> None:
     await asyncio.sleep(0)
-
-
-@pytest.fixture(scope="module")
-async def sessions(db_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 class KillSwitch:

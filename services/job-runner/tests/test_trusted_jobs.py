@@ -14,56 +14,21 @@ import pytest
 
 from horde_common import s3
 from horde_common.bus.messages import TrustedJobRequested
-from horde_common.config import Settings
 from horde_common.crossval import solver_cmd
-from horde_common.db import create_engine, session_factory
 from horde_job_runner.organic.handler import OrganicRuntime
 from horde_job_runner.synthetic.transport import TransportSettings
 from horde_job_runner.trusted import TrustedMiner, run_trusted_job
 from horde_localnet import keys, llm
 from horde_localnet.miners import trusted_miner
+from testing.s3 import MOTO, public_bucket, s3_settings
 
 pytestmark = pytest.mark.timeout(120)
 
 VALIDATOR = keys.validator_keypair(0)
-MOTO = "http://127.0.0.1:9000"
 
 
 async def no_sleep(delay: float) -> None:
     return None
-
-
-def s3_settings(**values: Any) -> Settings:
-    base: dict[str, Any] = {
-        "AWS_ENDPOINT_URL": MOTO,
-        "AWS_ACCESS_KEY_ID": "AKIATESTHORDE0000003",
-        "AWS_SECRET_ACCESS_KEY": "horde-test-trusted-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    return Settings(_env_file=None, **(base | values))  # type: ignore[call-arg]
-
-
-def make_bucket() -> str:
-    name = f"horde-tj-{uuid.uuid4().hex[:12]}"
-    client = s3.client(s3_settings())
-    client.create_bucket(Bucket=name)
-    statement = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{name}/*",
-    }
-    client.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    )
-    return name
-
-
-@pytest.fixture(scope="module")
-async def sessions(db_url: str) -> AsyncIterator[Any]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 @pytest.fixture()
@@ -110,7 +75,7 @@ def solver_request(
 
 async def test_solver_job_runs_on_the_trusted_miner(sessions, miner) -> None:
     settings = s3_settings()
-    bucket = make_bucket()
+    bucket = public_bucket("horde-tj")
     await s3.put_object_async(settings, bucket, "workload", b"first prompt\nsecond prompt")
     file_uuid = uuid.uuid4()
     put_url = s3.presigned_put_url(settings, bucket, f"solved/{file_uuid}.json", expires_s=600)

@@ -5,12 +5,7 @@ prompts and the stored answers its deterministic solver's."""
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -18,8 +13,7 @@ from sqlalchemy import select
 from horde_common import s3
 from horde_common.bus import Broker
 from horde_common.bus.router import Dependencies
-from horde_common.config import Settings, get_settings
-from horde_common.db import create_engine, session_factory
+from horde_common.config import get_settings
 from horde_common.db.models import Prompt, PromptSample, PromptSeries, SolveWorkload
 from horde_cross_validator.answering import run_answering
 from horde_cross_validator.app import router as cross_validator_router
@@ -35,7 +29,6 @@ from horde_localnet.miners import trusted_miner
 pytestmark = pytest.mark.timeout(120)
 
 VALIDATOR = keys.validator_keypair(0)
-MOTO = "http://127.0.0.1:9000"
 PARAMS = PromptParams(
     max_prompt_series=2,
     target_ready=1,
@@ -50,57 +43,14 @@ async def no_sleep(delay: float) -> None:
     return None
 
 
-def make_bucket(settings: Settings) -> str:
-    name = f"horde-tp-{uuid.uuid4().hex[:12]}"
-    client = s3.client(settings)
-    client.create_bucket(Bucket=name)
-    statement = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{name}/*",
-    }
-    client.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    )
-    return name
-
-
-@pytest.fixture(scope="module")
-async def sessions(db_url: str) -> AsyncIterator[Any]:
-    engine = create_engine(db_url)
-    yield session_factory(engine)
-    await engine.dispose()
-
-
-@pytest.fixture()
-def vhost_url(amqp_url: str) -> Iterator[str]:
-    base = amqp_url.rsplit("/", 1)[0]
-    vhost = f"horde_test_trusted_{uuid.uuid4().hex[:8]}"
-    run = {"check": True, "capture_output": True, "timeout": 60}
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], **run)  # type: ignore[call-overload]
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], **run)  # type: ignore[call-overload]
-    yield f"{base}/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True, timeout=60)
-
-
-async def test_generation_sampling_answering_end_to_end(sessions, vhost_url, monkeypatch) -> None:
+async def test_generation_sampling_answering_end_to_end(sessions, vhost_url, s3_conf, monkeypatch) -> None:
     miner = trusted_miner(VALIDATOR.ss58_address)
     await miner.start()
     monkeypatch.setenv("TRUSTED_MINER_ADDRESS", "127.0.0.1")
     monkeypatch.setenv("TRUSTED_MINER_PORT", str(miner.port))
     get_settings.cache_clear()
-    aws: dict[str, Any] = {
-        "AWS_ENDPOINT_URL": MOTO,
-        "AWS_ACCESS_KEY_ID": "AKIATESTHORDE0000004",
-        "AWS_SECRET_ACCESS_KEY": "horde-test-pipeline-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    base = Settings(_env_file=None, **aws)  # type: ignore[call-arg]
-    settings = base.model_copy(
+    settings = s3_conf.model_copy(
         update={
-            "S3_BUCKET_NAME_PROMPTS": make_bucket(base),
-            "S3_BUCKET_NAME_ANSWERS": make_bucket(base),
             "TRUSTED_MINER_ADDRESS": "127.0.0.1",
             "TRUSTED_MINER_PORT": miner.port,
         }

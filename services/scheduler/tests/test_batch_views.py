@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.config import load_settings
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Cycle, Neuron, SyntheticJob, SyntheticJobBatch, SystemEvent
 from horde_common.service import ServiceContext, ServiceSpec
 from horde_common.service.app import DebugItemView, DebugKeyError, build_app
@@ -26,6 +23,7 @@ from horde_scheduler.batch_views import (
     parse_batch_key,
 )
 from horde_scheduler.cycles import CycleParams, cycle_before, cycle_containing
+from testing.fixtures_db import truncate
 
 Sessions = async_sessionmaker[AsyncSession]
 PARAMS = CycleParams()  # production grid on netuid 12, as `cycle_params_of` gives the default settings
@@ -35,26 +33,11 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 TOKEN = "test-debug-token"
 
 
-@pytest.fixture(scope="module")
-def views_database_url(make_database: Callable[[], str]) -> str:
-    """A database of this module's own, so truncating never touches another test's rows."""
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(views_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(views_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(
-            text("TRUNCATE neurons, cycles, synthetic_job_batches, synthetic_jobs, system_events CASCADE")
-        )
-    try:
-        yield factory
-    finally:
-        await engine.dispose()
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, "neurons, cycles, synthetic_job_batches, synthetic_jobs, system_events CASCADE")
+    yield sessions
 
 
 @pytest.fixture()

@@ -11,13 +11,11 @@ from typing import Any
 
 import bittensor_core
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.chain import LocalChainClient, Metagraph, Neuron
 from horde_common.config import load_settings
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Neuron as NeuronRow
 from horde_common.db.models import OutboxMessage, SystemEvent
 from horde_common.service import ServiceContext, ServiceSpec
@@ -35,6 +33,7 @@ from horde_scheduler.metagraph_sync import (
     store_snapshot,
     sync_once,
 )
+from testing.fixtures_db import truncate
 
 NETUID = 12
 FROZEN = 3600.0  # a block interval so long that the head does not move during a test
@@ -50,24 +49,11 @@ FAST = SyncParams(
 Sessions = async_sessionmaker[AsyncSession]
 
 
-@pytest.fixture(scope="module")
-def sync_database_url(make_database: Callable[[], str]) -> str:
-    """A database of this module's own, so clearing its tables never touches another test's rows."""
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(sync_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(sync_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(text("TRUNCATE neurons, outbox, system_events"))
-    try:
-        yield factory
-    finally:
-        await engine.dispose()
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, "neurons, outbox, system_events")
+    yield sessions
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.chain import LocalChainClient
 from horde_common.config import load_settings
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Cycle, Neuron, SyntheticJobBatch, SystemEvent, Validator
 from horde_common.service import ServiceContext, ServiceSpec
 from horde_localnet.chain import running_chain
@@ -30,6 +28,7 @@ from horde_localnet.config import DEFAULT_METAGRAPH_PATH
 from horde_scheduler.planner import due_batches, run_planner_loop, schedule_once
 from horde_scheduler.planning import PlannerParams, PlanStatus, planner_params_from
 from horde_scheduler.slots import RunAction, seed_block, when_to_run
+from testing.fixtures_db import truncate
 
 NETUID = 12
 FROZEN = 3600.0  # a block interval so long that the simulator's head never moves during a test
@@ -49,26 +48,11 @@ PARAMS = dataclasses.replace(
 Sessions = async_sessionmaker[AsyncSession]
 
 
-@pytest.fixture(scope="module")
-def planner_database_url(make_database: Callable[[], str]) -> str:
-    """A database of this module's own, so clearing its tables never touches another test's rows."""
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(planner_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(planner_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(
-            text("TRUNCATE neurons, validators, cycles, synthetic_job_batches, system_events CASCADE")
-        )
-    try:
-        yield factory
-    finally:
-        await engine.dispose()
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, "neurons, validators, cycles, synthetic_job_batches, system_events CASCADE")
+    yield sessions
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,16 @@ that seeds batches and snapshots, builds runs and reads back rows, events and ch
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.chain import LocalChainClient, Neuron
-from horde_common.db import create_engine, session_factory
-from horde_common.db.migrate import upgrade
 from horde_common.db.models import Cycle, SyntheticJob, SyntheticJobBatch, SystemEvent, Weights
 from horde_common.db.models import Neuron as NeuronRow
 from horde_common.db.models.dynamic import DynamicConfigEntry
@@ -26,6 +24,7 @@ from horde_localnet.chain import RunningChain
 from horde_localnet.chain_spec import LocalnetSpec, load_spec
 from horde_localnet.config import DEFAULT_METAGRAPH_PATH
 from horde_weights.weights_run import RunParams, WeightsRun
+from testing.fixtures_db import truncate
 
 NETUID = 12
 SPIN = "spin_up-4min.gpu-24gb"
@@ -39,25 +38,15 @@ TABLES = "synthetic_jobs, synthetic_job_batches, cycles, neurons, weights, syste
 Sessions = async_sessionmaker[AsyncSession]
 
 
-@pytest.fixture(scope="module")
-def weights_database_url(make_database: Callable[[], str]) -> str:
-    url = make_database()
-    upgrade(url)
-    return url
-
-
 @pytest.fixture()
-async def sessions(weights_database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(weights_database_url)
-    factory = session_factory(engine)
-    async with factory.begin() as session:
-        await session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+async def sessions(sessions: Sessions) -> AsyncIterator[Sessions]:
+    """The module's database (`db_url`, testing/fixtures_db.py), emptied before each test."""
+    await truncate(sessions, f"{TABLES} CASCADE")
     DynamicConfig.clear_cache()
     try:
-        yield factory
+        yield sessions
     finally:
         DynamicConfig.clear_cache()
-        await engine.dispose()
 
 
 @pytest.fixture()

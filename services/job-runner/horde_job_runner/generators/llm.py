@@ -104,6 +104,9 @@ class LlmPromptsJobGenerator(JobGenerator):
         self.job_uuid: uuid.UUID = entropy.uuid4()
         self.file_uuid: uuid.UUID = sample.file_uuid if sample.file_uuid is not None else entropy.uuid4()
         self.answers: dict[str, str] | None = None
+        # Why the downloaded answers do not count, when the file itself disqualifies them (an
+        # upload after the finished message, `reject_answers`): the job's failure comment.
+        self.rejection: str | None = None
 
     def base_docker_image_name(self) -> str:
         return LLM_IMAGE
@@ -157,14 +160,24 @@ class LlmPromptsJobGenerator(JobGenerator):
         Only the sampled prompts' answers are kept: a miner's file holds ~240 answers (more if it
         is hostile), and the shard keeps every job's generator until it is stored.
         """
+        self.rejection = None
         if answers is None:
             self.answers = None
             return
         self.answers = {p: answers[p] for p in self.sample.expected_answers if p in answers}
 
+    def reject_answers(self, comment: str) -> None:
+        """The answers file does not count, whatever it holds (it was written after the miner
+        reported the job finished, docs/synthetic-batch.md "LLM jobs"): the job fails with
+        `comment`."""
+        self.answers = None
+        self.rejection = comment
+
     def verify(self, stdout: str, time_took: float) -> Verdict:
         """The answers against the trusted ones; stdout is not looked at (the time limit is the
         caller's, docs/miner-protocol.md §3.10)."""
+        if self.rejection is not None:
+            return Verdict(False, self.rejection, 0.0)
         verdict = check_answers(self.sample.expected(), self.answers)
         return Verdict(verdict.correct, verdict.comment, verdict.score)
 

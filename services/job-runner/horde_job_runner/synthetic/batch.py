@@ -147,8 +147,6 @@ class _Shard:
             # Stored with the rows: the reference wrote BATCH_END after them, in a transaction of its own.
             self.events.record(T.VALIDATOR_TELEMETRY, S.CHECKPOINT, "BATCH_END", stage="BATCH_END")
             await self._persist()
-            if self.result.persisted:  # the LLM jobs' samples point at their stored rows
-                await llm_samples.consume_llm_samples(self.deps.store, self.jobs, timeouts=self.t)
             self.result.stats["finished_mono"] = self.clock.monotonic()
         except asyncio.CancelledError:
             await asyncio.shield(close_links(self.links, self.t.close))
@@ -340,6 +338,7 @@ class _Shard:
             facts=facts,
             clock=self.clock,
         )
+        rows.consumed_samples = llm_samples.llm_sample_ids(self.jobs)  # stored with the job rows
         outcome = await persist(
             store,
             rows,

@@ -15,6 +15,13 @@ Who is to blame for a download that failed (docs/synthetic-batch.md §5):
 * the validator, when S3 could not be asked: unreachable, too slow, a 5xx or another status that
   says the request (ours) was wrong. The job is excluded from scoring.
 
+A file written after the miner reported the job finished does not count (`uploaded_late`): the
+time limit is measured to the finished message, so a miner that reported early and uploaded later
+would otherwise gain time. Its `Last-Modified` (S3's clock, to the second) is compared with when we
+received `V0JobFinishedRequest` (`JobState.final_at`, ours), allowing `LATE_UPLOAD_TOLERANCE` for
+the two clocks and the header's resolution. A late file fails the job (`ANSWERS_UPLOADED_LATE`),
+the miner's fault.
+
 Either way a `VALIDATOR_TELEMETRY/ERROR_DOWNLOADING_FROM_S3` event names the miner, the job and
 the fault.
 """
@@ -26,11 +33,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
 from horde_common.crossval import AnswersFormatError, parse_answers
-from horde_common.s3 import S3DownloadError, S3Error, S3ObjectTooLarge, S3Timeout, download_bytes
+from horde_common.s3 import S3DownloadError, S3Error, S3ObjectTooLarge, S3Timeout, download_object
 from horde_common.telemetry import SystemEventSubtype, SystemEventType
 from horde_job_runner.generators import LlmPromptsJobGenerator
 
@@ -41,6 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWERS_DOWNLOAD_TIMEOUT_S",
+    "ANSWERS_UPLOADED_LATE",
+    "LATE_UPLOAD_TOLERANCE",
     "MAX_ANSWERS_BYTES",
     "STAGE",
     "Fault",
@@ -49,6 +59,7 @@ __all__ = [
     "download_fault",
     "download_phase",
     "fetch_llm_answers",
+    "uploaded_late",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,16 @@ MAX_CONCURRENT_DOWNLOADS: Final = 64
 PARSE_IN_THREAD_BYTES: Final = 64 * 1024
 # Statuses that say the object is not there for anonymous readers: the miner did not upload it.
 MISSING_OBJECT_STATUSES: Final = frozenset({403, 404})
+# How far S3's clock (`Last-Modified`) may run ahead of ours (`final_at`) on NTP-synced hosts, with
+# a wide margin: they agree within well under a second.
+CLOCK_SKEW_TOLERANCE_S: Final = 2.0
+# `Last-Modified` is given to the second; allow one whole second for its rounding.
+LAST_MODIFIED_RESOLUTION_S: Final = 1.0
+# A file modified later than this after we received the finished message was uploaded after it.
+# The most a miner can gain by finishing early is this, a few seconds of a 48 s limit.
+LATE_UPLOAD_TOLERANCE: Final = timedelta(seconds=CLOCK_SKEW_TOLERANCE_S + LAST_MODIFIED_RESOLUTION_S)
+# The failed job's comment.
+ANSWERS_UPLOADED_LATE: Final = "answers uploaded after the job reported finished"
 
 
 class Fault(StrEnum):
@@ -97,6 +118,7 @@ class LlmAnswersOutcome:
 
     fetched: int = 0
     miner_failures: int = 0
+    late_uploads: int = 0  # among the miner failures
     validator_failures: int = 0
     seconds: float = 0.0
 
@@ -104,6 +126,7 @@ class LlmAnswersOutcome:
         return {
             "llm_answers_fetched": self.fetched,
             "llm_answers_miner_failures": self.miner_failures,
+            "llm_answers_late_uploads": self.late_uploads,
             "llm_answers_validator_failures": self.validator_failures,
             "llm_answers_s": round(self.seconds, 3),
         }
@@ -120,6 +143,18 @@ def answers_to_fetch(jobs: Sequence[JobState]) -> list[JobState]:
         and not job.final_before_job_request
         and not job.excluded
     ]
+
+
+def uploaded_late(
+    last_modified: datetime | None,
+    finished_at: datetime | None,
+    tolerance: timedelta = LATE_UPLOAD_TOLERANCE,
+) -> bool:
+    """Was the answers file written after the miner reported the job finished? Only when both
+    times are known: a server without `Last-Modified` (S3 always sends it) proves nothing."""
+    if last_modified is None or finished_at is None:
+        return False
+    return last_modified > finished_at + tolerance
 
 
 async def fetch_llm_answers(
@@ -146,7 +181,11 @@ async def fetch_llm_answers(
         assert isinstance(gen, LlmPromptsJobGenerator) and gen.sample.answers_url is not None
         try:
             async with gate:
-                body = await download_bytes(gen.sample.answers_url, max_bytes=max_bytes, timeout_s=timeout_s)
+                got = await download_object(gen.sample.answers_url, max_bytes=max_bytes, timeout_s=timeout_s)
+            if uploaded_late(got.last_modified, job.final_at):
+                _late(job, got.last_modified, outcome, events=events)
+                return
+            body = got.body
             if len(body) > PARSE_IN_THREAD_BYTES:
                 answers = await asyncio.to_thread(parse_answers, body)
             else:
@@ -173,6 +212,29 @@ async def download_phase(
 ) -> dict[str, float | int]:
     """`fetch_llm_answers` with the production bounds, for the shard; returns its stats entries."""
     return (await fetch_llm_answers(jobs, events=events, ledger=ledger)).stats()
+
+
+def _late(
+    job: JobState, last_modified: datetime | None, outcome: LlmAnswersOutcome, *, events: EventLog
+) -> None:
+    """The file was written after the finished message: the job fails, the miner's fault."""
+    gen = job.generator
+    assert isinstance(gen, LlmPromptsJobGenerator)
+    gen.reject_answers(ANSWERS_UPLOADED_LATE)
+    outcome.miner_failures += 1
+    outcome.late_uploads += 1
+    events.record(
+        T.VALIDATOR_TELEMETRY,
+        S.ERROR_DOWNLOADING_FROM_S3,
+        f"answers of LLM job {job.job_uuid}: {ANSWERS_UPLOADED_LATE}",
+        miner_hotkey=job.miner_hotkey,
+        job_uuid=job.job_uuid,
+        fault=str(Fault.MINER),
+        reason="uploaded_late",
+        last_modified=last_modified.isoformat() if last_modified is not None else None,
+        finished_at=job.final_at.isoformat() if job.final_at is not None else None,
+        tolerance_s=LATE_UPLOAD_TOLERANCE.total_seconds(),
+    )
 
 
 def _failed(

@@ -1,8 +1,10 @@
 """The prompt tables as LLM jobs see them (docs/synthetic-batch.md, "LLM jobs"; docs/crossval.md §7).
 
 `PromptSampleStore` reads the ready samples of a shard with their series, seed and trusted answers,
-counts the pool for INSUFFICIENT_PROMPTS, and links consumed samples to their stored jobs. Each call
-is a short transaction of its own: a shard holds no connection while it talks to miners.
+counts the pool for INSUFFICIENT_PROMPTS and records that event at most once a day across shards
+and replicas (`record_shortage`). Each call is a short transaction of its own: a shard holds no
+connection while it talks to miners. Consuming samples happens in the shard's persist transaction
+(`shard_rows.consume_sql`, used by `persistence`); `mark_used` is the same update on its own.
 """
 
 from __future__ import annotations
@@ -10,17 +12,36 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, Protocol
 
 from sqlalchemy import and_, exists, func, select, text
 
 from horde_common.crossval import ExpectedPrompt
-from horde_common.db.models import Prompt, PromptSample, PromptSeries, SolveWorkload
+from horde_common.db.models import Prompt, PromptSample, PromptSeries, SolveWorkload, SystemEvent
+from horde_common.telemetry import SystemEventRecord, record_events_bulk
+from horde_job_runner.synthetic.shard_rows import consume_sql
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["PromptSampleStore", "ReadySample", "SampleCounts", "SampleSource"]
+__all__ = [
+    "SHORTAGE_EVERY",
+    "SHORTAGE_LOCK_KEY",
+    "PromptSampleStore",
+    "ReadySample",
+    "SampleCounts",
+    "SampleSource",
+]
+
+# The transaction-scoped advisory lock under which a shard checks for a recent INSUFFICIENT_PROMPTS
+# and writes one: shards and replicas that are short at the same moment take turns, so the second
+# sees the first's committed event. Any constant unused by another lock ("insufprm").
+SHORTAGE_LOCK_KEY: Final = 0x696E_7375_6670_726D
+# INSUFFICIENT_PROMPTS is written at most once per this (docs/miner-protocol.md §3.6): it says the
+# same thing every batch until samples exist. The same day as `batch_start.INSUFFICIENT_PROMPTS_EVERY_S`
+# (the shard's early check; a layer above, so not imported here).
+SHORTAGE_EVERY: Final = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +74,15 @@ class SampleSource(Protocol):
 
     async def mark_used(self, job_of_sample: Mapping[int, uuid.UUID]) -> int: ...
 
+    async def record_shortage(self, event: SystemEventRecord, within: timedelta = SHORTAGE_EVERY) -> bool: ...
+
 
 class PromptSampleStore:
     """The prompt tables, each call on a short transaction of its own."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, service: str = "job-runner") -> None:
         self.sessions = sessions
+        self.service = service
 
     async def ready(self, limit: int, *, shard_index: int = 0, shard_count: int = 1) -> list[ReadySample]:
         """Up to `limit` ready samples of this shard's share, oldest first.
@@ -119,17 +143,35 @@ class PromptSampleStore:
             ).one()
         return SampleCounts(int(series or 0), int(row[0]), int(row[1]), int(row[2]))
 
+    async def record_shortage(self, event: SystemEventRecord, within: timedelta = SHORTAGE_EVERY) -> bool:
+        """Store `event` (an INSUFFICIENT_PROMPTS) unless one of its type and subtype is newer than
+        `within`; returns whether it was stored.
+
+        The check and the insert run under `SHORTAGE_LOCK_KEY` in one transaction that commits
+        before the lock is released, so of any number of concurrent callers exactly one writes.
+        """
+        async with self.sessions.begin() as session:
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SHORTAGE_LOCK_KEY})
+            recent = await session.scalar(
+                select(SystemEvent.id)
+                .where(
+                    SystemEvent.type == str(event.type),
+                    SystemEvent.subtype == str(event.subtype),
+                    SystemEvent.timestamp >= datetime.now(UTC) - within,
+                )
+                .limit(1)
+            )
+            if recent is not None:
+                return False
+            await record_events_bulk(session, [event], service=self.service)
+        return True
+
     async def mark_used(self, job_of_sample: Mapping[int, uuid.UUID]) -> int:
         """Link each sample to its stored job; returns how many were linked. A sample already used
         is left as it is (it cannot be used twice)."""
         if not job_of_sample:
             return 0
-        statement = text(
-            "UPDATE prompt_samples AS s SET synthetic_job_id = j.id "
-            "FROM unnest(CAST(:sample_ids AS bigint[]), CAST(:job_uuids AS uuid[])) AS m(sample_id, job_uuid) "
-            "JOIN synthetic_jobs AS j ON j.job_uuid = m.job_uuid "
-            "WHERE s.id = m.sample_id AND s.synthetic_job_id IS NULL"
-        )
+        statement = text(consume_sql("synthetic_jobs", ":sample_ids", ":job_uuids"))
         params = {"sample_ids": list(job_of_sample), "job_uuids": list(job_of_sample.values())}
         async with self.sessions.begin() as session:
             result = await session.execute(statement, params)

@@ -1,13 +1,15 @@
-"""The shard's LLM jobs: taking prompt samples, building the jobs, consuming the samples
+"""The shard's LLM jobs: taking prompt samples, building the jobs, naming the samples they consume
 (docs/synthetic-batch.md, "LLM jobs"; docs/crossval.md §7.5).
 
 * `take_llm_samples`: one ready sample (answered, unused) per LLM executor of the shard, or none
-  at all; short of samples, the shard runs no LLM job and records INSUFFICIENT_PROMPTS unless one
-  was recorded in the last 24 h (`BatchStart.insufficient_prompts_recently`).
+  at all; short of samples, the shard runs no LLM job and writes INSUFFICIENT_PROMPTS at once, in
+  a short transaction of its own, unless one was written in the last 24 h by any shard or replica
+  (`PromptSampleStore.record_shortage`; `BatchStart.insufficient_prompts_recently` skips even that).
 * `build_llm_jobs`: the samples become jobs, each with a fresh answers file and a presigned PUT
   for it in the answers bucket. `add_llm_jobs` does both for a shard and shuffles its jobs.
-* `consume_llm_samples`: after the shard is stored, each generated job's sample is linked to its
-  `synthetic_jobs` row, whatever the job's outcome (the miner has seen its prompts).
+* `llm_sample_ids`: each generated job's sample, linked to its `synthetic_jobs` row in the
+  shard's persist transaction (`ShardRows.consumed_samples`), whatever the job's outcome (the
+  miner has seen its prompts).
 
 The shards of a batch run at the same time and a sample is only marked used once its job is
 stored, so each shard takes only the samples whose id falls in its share (`id % shard_count`): two
@@ -23,11 +25,12 @@ import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
 from horde_common.crossval import solved_key, take_samples
 from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS, ExecutorClass
-from horde_common.telemetry import SystemEventSubtype, SystemEventType
+from horde_common.telemetry import SystemEventRecord, SystemEventSubtype, SystemEventType
 from horde_job_runner.generators import LlmPromptSample, LlmPromptsJobGenerator, make_generator
 from horde_job_runner.synthetic.llm_sample_store import PromptSampleStore, ReadySample, SampleSource
 from horde_job_runner.synthetic.model import JobState
@@ -38,14 +41,12 @@ if TYPE_CHECKING:
     from horde_job_runner.synthetic.model import BatchTimeouts, ShardRequest
     from horde_job_runner.synthetic.shard_links import Links
     from horde_job_runner.synthetic.shard_services import EventLog
-    from horde_job_runner.synthetic.transport import Sleep
 
 __all__ = [
     "AnswerTarget",
     "add_llm_jobs",
     "answer_targets",
     "build_llm_jobs",
-    "consume_llm_samples",
     "llm_sample_ids",
     "sample_source",
     "take_llm_samples",
@@ -85,7 +86,9 @@ class ShardStart(Protocol):
 
 def sample_source(store: object) -> SampleSource | None:
     """The prompt tables of the shard's database (None without one: tests of the flow only)."""
-    return PromptSampleStore(store.sessions) if isinstance(store, BatchStore) else None
+    if isinstance(store, BatchStore):
+        return PromptSampleStore(store.sessions, service=store.service)
+    return None
 
 
 async def take_llm_samples(
@@ -100,7 +103,10 @@ async def take_llm_samples(
 ) -> tuple[ReadySample, ...]:
     """One ready sample per LLM executor, or none (docs/crossval.md §7.5: all or nothing).
 
-    Short of samples: INSUFFICIENT_PROMPTS with the pool's counts, unless `recently_reported`.
+    Short of samples: INSUFFICIENT_PROMPTS with the pool's counts, unless `recently_reported` (seen
+    at the shard's start). With a database it is written now, in its own transaction, only if no
+    shard or replica wrote one within the day (`SampleSource.record_shortage`); without one it goes
+    into `events`.
     """
     if llm_executor_count <= 0:
         return ()
@@ -117,21 +123,32 @@ async def take_llm_samples(
             if recently_reported:
                 return ()
             counts = asdict(await source.counts()) if source is not None else {}
+            description = (
+                f"{len(ready)} ready prompt samples for {llm_executor_count} LLM executors: "
+                "no LLM jobs in this shard"
+            )
+            data = {
+                "llm_executor_count": llm_executor_count,
+                "prompt_samples_available": len(ready),
+                "shard_index": shard_index,
+                **counts,
+            }
+            if source is None:
+                events.record(T.VALIDATOR_TELEMETRY, S.INSUFFICIENT_PROMPTS, description, **data)
+                return ()
+            event = SystemEventRecord(
+                T.VALIDATOR_TELEMETRY,
+                S.INSUFFICIENT_PROMPTS,
+                description,
+                {"batch_uuid": events.batch_uuid, "batch_id": events.batch_id, **data},
+                datetime.now(UTC),
+            )
+            await source.record_shortage(event)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.exception("taking prompt samples")
         _our_failure(events, f"cannot take prompt samples: {type(exc).__name__}: {exc}")
-        return ()
-    events.record(
-        T.VALIDATOR_TELEMETRY,
-        S.INSUFFICIENT_PROMPTS,
-        f"{len(ready)} ready prompt samples for {llm_executor_count} LLM executors: no LLM jobs in this shard",
-        llm_executor_count=llm_executor_count,
-        prompt_samples_available=len(ready),
-        shard_index=shard_index,
-        **counts,
-    )
     return ()
 
 
@@ -267,42 +284,6 @@ def llm_sample_ids(jobs: Sequence[JobState]) -> dict[int, uuid.UUID]:
         if isinstance(gen, LlmPromptsJobGenerator) and gen.sample.sample_id is not None:
             out[gen.sample.sample_id] = uuid.UUID(job.job_uuid)
     return out
-
-
-async def consume_llm_samples(
-    store: object,
-    jobs: Sequence[JobState],
-    *,
-    timeouts: BatchTimeouts,
-    sleep: Sleep = asyncio.sleep,
-) -> int:
-    """Mark every generated LLM job's sample used, once the jobs are stored (their rows are what
-    the samples point at). Retried like the persist; returns how many samples were marked.
-
-    If every attempt fails the samples stay ready and may be handed out again: logged, since the
-    database that would hold an event is the one failing.
-    """
-    pairs = llm_sample_ids(jobs)
-    source = store if isinstance(store, PromptSampleStore) else sample_source(store)
-    if source is None or not pairs:
-        return 0
-    backoff = timeouts.persist_backoff
-    for attempt in range(1, max(1, timeouts.persist_attempts) + 1):
-        try:
-            async with asyncio.timeout(timeouts.db):
-                marked = await source.mark_used(pairs)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("marking %d prompt samples used (attempt %d)", len(pairs), attempt)
-            if attempt < timeouts.persist_attempts:
-                await sleep(backoff)
-                backoff *= 2
-            continue
-        if marked < len(pairs):
-            log.warning("%d of %d prompt samples were already used", len(pairs) - marked, len(pairs))
-        return marked
-    return 0
 
 
 def _our_failure(events: EventLog, description: str) -> None:

@@ -15,6 +15,10 @@ spent ~1.15 s of CPU on per-row ORM work at 512 jobs). Either all of it is store
 * a retry after a failed attempt uses `INSERT ... ON CONFLICT DO NOTHING`, in case the failed
   attempt had in fact committed.
 
+The LLM jobs' prompt samples (`ShardRows.consumed_samples`) are linked to their job rows in that
+same transaction (`shard_rows.consume_sql`), so a crash can never leave stored jobs whose
+samples are still ready to be handed out again; a sample already linked is never relinked.
+
 The shard's system events are logged as one line per (type, subtype), not one per event.
 """
 
@@ -28,7 +32,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -47,7 +51,7 @@ from horde_common.db.models.enums import JobStatus
 from horde_common.telemetry import SystemEventSubtype, SystemEventType, record_events_bulk
 from horde_common.telemetry.events import emit_events, event_rows
 from horde_job_runner.synthetic.model import DynamicValues
-from horde_job_runner.synthetic.shard_rows import ShardRows
+from horde_job_runner.synthetic.shard_rows import ShardRows, consume_sql
 
 __all__ = ["BatchStore", "ShardRows", "shard_marker_exists"]
 
@@ -222,6 +226,7 @@ def _one_statement(rows: ShardRows, events: list[dict[str, Any]]) -> tuple[str, 
         args.append(value)
         return f"${len(args)}"
 
+    jobs_cte: str | None = None
     completed_at = datetime.now(UTC) if rows.complete_batch else None
     if rows.accepting_results_until is not None or completed_at is not None:
         # LEAST ignores NULLs: the earlier of the stored and the new deadline, whichever exist.
@@ -248,9 +253,18 @@ def _one_statement(rows: ShardRows, events: list[dict[str, Any]]) -> tuple[str, 
             for c, array_type in zip(columns, _array_types(model, columns), strict=True)
         )
         names = ", ".join(f'"{c}"' for c in columns)
+        name = f"i{len(ctes)}"
+        # The samples' UPDATE cannot see this statement's own inserts in the table: it joins the
+        # inserted job rows through RETURNING instead.
+        returning = " RETURNING id, job_uuid" if model is SyntheticJob and rows.consumed_samples else ""
+        jobs_cte = name if returning else jobs_cte
         ctes.append(
-            f"i{len(ctes)} AS (INSERT INTO {model.__tablename__} ({names}) SELECT * FROM unnest({arrays}))"
+            f"{name} AS (INSERT INTO {model.__tablename__} ({names}) SELECT * FROM unnest({arrays}){returning})"
         )
+    if jobs_cte is not None:
+        sample_ids = param(list(rows.consumed_samples))
+        job_uuids = param(list(rows.consumed_samples.values()))
+        ctes.append(f"consumed AS ({consume_sql(jobs_cte, sample_ids, job_uuids)})")
     if not ctes:
         return "", []
     return "WITH " + ", ".join(ctes) + " SELECT 1", args
@@ -316,6 +330,11 @@ async def write_shard_rows(
             await session.execute(pg_insert(model).on_conflict_do_nothing(index_elements=["job_uuid"]), chunk)
     for i in range(0, len(rows.events), _CHUNK):
         await record_events_bulk(session, rows.events[i : i + _CHUNK], service=service, summary_log=True)
+    if rows.consumed_samples:
+        await session.execute(
+            text(consume_sql(SyntheticJob.__tablename__, ":sample_ids", ":job_uuids")),
+            {"sample_ids": list(rows.consumed_samples), "job_uuids": list(rows.consumed_samples.values())},
+        )
 
 
 async def _write_fast(session: AsyncSession, rows: ShardRows, *, service: str) -> None:
@@ -353,6 +372,12 @@ async def _write_fast(session: AsyncSession, rows: ShardRows, *, service: str) -
             ):
                 await _copy(driver, model, copy_rows)
             await _copy(driver, SystemEvent, stored)
+            if rows.consumed_samples:
+                await driver.execute(
+                    consume_sql(SyntheticJob.__tablename__, "$1", "$2"),
+                    list(rows.consumed_samples),
+                    list(rows.consumed_samples.values()),
+                )
     emit_events(events, summary=True)
 
 
