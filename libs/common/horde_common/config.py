@@ -8,6 +8,7 @@ no dump, repr or log line can leak them.
 from __future__ import annotations
 
 import functools
+import re
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +38,26 @@ def mask_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# Query parameters of a presigned URL that must never be shown (matched case-insensitively as
+# substrings): SigV4 `X-Amz-Signature`/`X-Amz-Credential`/`X-Amz-Security-Token`, SigV2
+# `Signature`/`AWSAccessKeyId`.
+SECRET_QUERY_PARTS = ("signature", "credential", "token", "accesskeyid")
+
+# `name=value` anywhere in free text whose name is one of `SECRET_QUERY_PARTS`: a query string
+# survives being cut out of its URL, quoted or JSON-escaped.
+_SECRET_PARAM_IN_TEXT = re.compile(
+    r"([\w.-]*(?:" + "|".join(SECRET_QUERY_PARTS) + r")[\w.-]*=)[^&\s\"'<>\\]+", re.IGNORECASE
+)
+
+
+def mask_query_secrets(text: str) -> str:
+    """`text` with the secret query values of any presigned URL in it masked: a peer (a miner, S3)
+    may echo the URL it was given, and logs and events must not carry its signature."""
+    if "=" not in text:  # the common case, without running the pattern
+        return text
+    return _SECRET_PARAM_IN_TEXT.sub(lambda m: m.group(1) + MASK, text)
 
 
 def _check_url_parts(raw: str) -> None:

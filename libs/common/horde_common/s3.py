@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from horde_common.config import MASK
+from horde_common.config import MASK, SECRET_QUERY_PARTS, mask_query_secrets
 from horde_common.event_types import SystemEventSubtype, SystemEventType
 
 if TYPE_CHECKING:
@@ -42,10 +42,6 @@ MAX_DOWNLOAD_BYTES = 16 * 1024 * 1024
 # boto3 calls (provisioning, `horde s3 check`) give up on an unresponsive endpoint after this.
 BOTO_CONNECT_TIMEOUT_S = 10.0
 BOTO_READ_TIMEOUT_S = 30.0
-# Query parameters of a presigned URL that must never be shown (matched case-insensitively as
-# substrings): SigV4 `X-Amz-Signature`/`X-Amz-Credential`/`X-Amz-Security-Token`, SigV2
-# `Signature`/`AWSAccessKeyId`.
-_SECRET_QUERY_PARTS = ("signature", "credential", "token", "accesskeyid")
 # An S3 XML error names its code within its first few hundred bytes; read no more of an error body.
 _ERROR_BODY_BYTES = 4096
 
@@ -59,23 +55,16 @@ def safe_url(url: str) -> str:
     if not parts.query:
         return url
     pairs = [
-        (k, MASK if any(s in k.lower() for s in _SECRET_QUERY_PARTS) else v)
+        (k, MASK if any(s in k.lower() for s in SECRET_QUERY_PARTS) else v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(query=urlencode(pairs, safe="*/")))
 
 
-# `name=value` anywhere in free text whose name is one of `_SECRET_QUERY_PARTS` (as `safe_url`
-# matches them): a query string survives being cut out of its URL, quoted or JSON-escaped.
-_SECRET_PARAM_IN_TEXT = re.compile(
-    r"([\w.-]*(?:" + "|".join(_SECRET_QUERY_PARTS) + r")[\w.-]*=)[^&\s\"'<>\\]+", re.IGNORECASE
-)
-
-
 def scrub_text(text: str) -> str:
     """Free text (a miner's error, a validation message) with the secret query values of any
     presigned URL in it masked, as `safe_url` masks them: a peer may echo the URL it was given."""
-    return _SECRET_PARAM_IN_TEXT.sub(lambda m: m.group(1) + MASK, text)
+    return mask_query_secrets(text)
 
 
 # --- errors -----------------------------------------------------------------------------------------

@@ -105,6 +105,21 @@ def test_secrets_never_reach_the_logs(log_buffer: io.StringIO) -> None:
     assert "rabbit:5672" in out  # masking keeps the useful part of a URL
 
 
+def test_presigned_url_signatures_never_reach_the_logs(log_buffer: io.StringIO) -> None:
+    """A peer may echo the presigned URL it was given (a miner's error text, an S3 error body)."""
+    url = (
+        "http://127.0.0.1:9000/horde-answers/solved/x.json?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAFAKE%2F20261202%2Fus-east-1&X-Amz-Signature=deadbeefcafe0123"
+    )
+    log = get_logger("t")
+    log.warning("miner failed", stderr=f"curl: (22) PUT {url} returned 403", data={"url": url})
+    log.error(f"upload to {url} refused")
+    out = log_buffer.getvalue()
+    for secret in ("deadbeefcafe0123", "AKIAFAKE"):
+        assert secret not in out, secret
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in out  # the harmless parts stay readable
+
+
 def _sample(text: str, name: str, **labels: str) -> float | None:
     """The value of the sample `name` whose labels include `labels`, from a Prometheus scrape."""
     from prometheus_client.parser import text_string_to_metric_families

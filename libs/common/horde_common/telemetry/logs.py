@@ -18,7 +18,7 @@ from opentelemetry import trace
 from pydantic import SecretStr
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from horde_common.config import MASK, mask_url
+from horde_common.config import MASK, mask_query_secrets, mask_url
 
 # A key that *contains* one of these words holds a secret (`DATABASE_PASSWORD`, `hotkey_seed`, ...).
 SECRET_KEY_WORDS = ("password", "passwd", "secret", "token", "seed", "mnemonic", "authorization", "api_key")
@@ -43,10 +43,10 @@ def is_secret_key(key: object) -> bool:
 
 
 def mask_text(text: str) -> str:
-    """Mask URL passwords and bearer tokens inside free text."""
+    """Mask URL passwords, presigned-URL signatures and bearer tokens inside free text."""
     if "://" in text:
         text = _URL_WITH_PASSWORD.sub(lambda m: mask_url(m.group(0)), text)
-    return _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    return _BEARER.sub(lambda m: m.group(1) + MASK, mask_query_secrets(text))
 
 
 def mask_value(value: Any, depth: int = 0) -> Any:
