@@ -2,9 +2,10 @@
 simulator's JSON, dynamic config seeding, and killing / restarting one service of a localnet.
 
 Built on `localnet_harness` (the `Localnet` wrapper, `poll`, `sql`). Every wait is a bounded poll
-(`poll`), never a fixed sleep. The simulated miners run hashcat jobs only (their `solver`), so a job
-that must complete carries an inline volume with a salted hash and a hashcat command line over it
-(`hashcat_job`); its answer (the password) is known to the test.
+(`poll`), never a fixed sleep. The simulated miners crack hashcat jobs for real (their `solver`) and
+only describe other jobs (docs/organic.md §9), so a job whose answer the test checks carries an
+inline volume with a salted hash and a hashcat command line over it (`hashcat_job`); its answer
+(the password) is known to the test.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ facilitator-gateway and the job-runner to a simulated miner, and their statuses 
 One localnet for the module. `horde localnet submit-job` (the real command, in a subprocess) for a
 V0 job naming dev miner 0 and for a V2 job, once the validator has manifests (one
 `horde debug run-synthetic-jobs` against the localnet's miners at localnet difficulty, which stores
-them as a shard does); then the same with jobs the simulated miners can solve (a hashcat command over
-an inline volume, posted to the simulator's `POST /jobs`), whose answer is checked. The facilitator
+them as a shard does): its default `python -c print(1)` job is not run by the simulated miners but
+described (docs/organic.md §9), and that description is its stdout. Then the same with jobs the
+simulated miners solve for real (a hashcat command over an inline volume, posted to the
+simulator's `POST /jobs`), whose answer is checked. The facilitator
 simulator's JSON (`GET /jobs`) must show `accepted` then `completed` for the job's uuid, and nothing
 else (docs/organic.md, "Running organic jobs: outcomes").
 """
@@ -39,6 +41,9 @@ JOB_WITHIN_S = 60.0
 # `submit-job --wait`: its own bound, above JOB_WITHIN_S; the subprocess gets a margin on top.
 WAIT_S = 60
 V2_CLASS = "spin_up-4min.gpu-24gb"  # the class the localnet miners run synthetic jobs of
+# What a simulated miner answers for `submit-job`'s default job (the facilitator simulator's default
+# image and arguments), which it describes instead of running (docs/organic.md §9).
+SUBMIT_JOB_STDOUT = "simulated: python:3.11-slim python -c 'print(1)'\n"
 MINERS = DEFAULT_TOPOLOGY.miner_count
 
 
@@ -126,19 +131,21 @@ def store_manifests(onet: OrganicNet) -> None:
 def test_submit_job_v0_completes_on_a_simulated_miner(organic: OrganicNet) -> None:
     job_uuid, output, code = submit_job_cli(organic, "--version", "V0")
     record = final_record(job_uuid)
-    assert_completed(record)
+    assert_completed(record, stdout=SUBMIT_JOB_STDOUT)
     assert code == 0, output
     assert "completed" in output
     found = row(organic, job_uuid)
     assert found["status"] == "COMPLETED" and found["miner_hotkey"] == str(miner_hotkey(0)), found
+    assert found["stdout"] == SUBMIT_JOB_STDOUT
 
 
 def test_submit_job_v2_completes_on_a_simulated_miner(organic: OrganicNet) -> None:
     store_manifests(organic)
     job_uuid, output, code = submit_job_cli(organic, "--version", "V2", "--executor-class", V2_CLASS)
     record = final_record(job_uuid)
-    assert_completed(record)
+    assert_completed(record, stdout=SUBMIT_JOB_STDOUT)
     assert code == 0, output
+    assert "attempt 1  completed" in output
     found = row(organic, job_uuid)
     assert found["status"] == "COMPLETED", found
     assert found["miner_hotkey"] in {str(miner_hotkey(i)) for i in range(MINERS)}

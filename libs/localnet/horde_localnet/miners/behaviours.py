@@ -8,7 +8,8 @@ from enum import StrEnum
 
 class Behaviour(StrEnum):
     HONEST = "honest"
-    """Accept, spin up (fleet `spin_up_delay`), crack the job for real, answer."""
+    """Accept, spin up (fleet `spin_up_delay`), crack the job for real, answer (a job that is not
+    hashcat nor LLM is described, not run: `generic`)."""
     INSTANT = "instant"
     """Honest with no simulated delay at all: for benchmarks (cracking localnet jobs takes ~1 ms)."""
     SLOW = "slow"

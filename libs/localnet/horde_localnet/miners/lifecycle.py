@@ -190,6 +190,9 @@ class JobLifecycle(JobDelivery):
             "raw_script": request.raw_script,
             "docker_run_cmd": list(request.docker_run_cmd),
             "docker_image_name": request.docker_image_name,
+            "output_upload": None
+            if request.output_upload is None
+            else request.output_upload.model_dump(mode="json"),
             "run_scripts": self.config.run_scripts,
         }
         try:

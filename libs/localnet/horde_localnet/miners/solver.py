@@ -9,6 +9,10 @@ This is what a real executor does with a hashcat job (docs/miner-protocol.md §3
   and the answer is `urlsafe_b64(sha256(every stage's sorted passwords))`. With `run_scripts=True`
   the validator's script itself runs in a subprocess, with this module standing in for hashcat.
 
+Any other job (neither a hashcat command line, `generic.is_hashcat_command`, nor `/script.py` with a
+`raw_script`; the LLM images are `llm_jobs`' business) is not run at all: it exits 0 with a stdout
+describing what a real executor would have run (`generic.describe_generic_job`).
+
 Cracking is a brute-force mask attack in Python: fine for the localnet difficulty (620 candidates per
 stage, about a millisecond per job), hopeless for production parameters, which fail the job rather
 than hang (`MAX_KEYSPACE`). Everything here is synchronous CPU work with no module-level state, and
@@ -36,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from .generic import describe_generic_job, is_hashcat_command, is_script_job
 
 MAX_KEYSPACE = 2_000_000
 """Largest mask keyspace the simulator brute-forces; bigger masks fail the job (exit status 1)."""
@@ -296,18 +302,21 @@ def truncate_output(text: str) -> str:
 
 def execute(job: dict[str, Any]) -> ExecutionResult:
     """Run one job honestly. `job` holds plain values: `volume` (wire dict or None), `raw_script`,
-    `docker_run_cmd`, `docker_image_name`, `run_scripts` (bool). Never raises."""
+    `docker_run_cmd`, `docker_image_name`, `output_upload` (wire dict or None), `run_scripts`
+    (bool). A job that is neither a hashcat command line nor the hashcat script is only described
+    (`generic`). Never raises."""
     try:
-        files = unpack_volume(job.get("volume"))
         cmd: list[str] = list(job.get("docker_run_cmd") or [])
         script = job.get("raw_script")
+        if not (is_script_job(script, cmd) if script is not None else is_hashcat_command(cmd)):
+            stdout = describe_generic_job(job, unpack_volume)  # not hashcat: described, not run
+            return ExecutionResult(0, truncate_output(stdout), "")
+        files = unpack_volume(job.get("volume"))
         if script is None:
             stdout = run_hashcat_cmd(cmd, lambda path: _volume_file(files, path).decode("utf-8"))
         elif job.get("run_scripts"):
             return run_script_subprocess(script, cmd, files)
         else:
-            if not cmd or cmd[0] != "/script.py":
-                raise JobError(f"unexpected command for a script job: {cmd[:1]}")
             stdout = solve_chained(_volume_file(files, "/volume/payload.txt"), cmd[1:])
         return ExecutionResult(0, truncate_output(stdout), "")
     except JobError as exc:
