@@ -6,6 +6,7 @@ order (services first, simulators last), each with SIGTERM and a grace period be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,11 @@ READY_TIMEOUT_S = 90.0
 # Job-runner replica i (2, 3, ...) of `--job-runners N` listens on this + i: the five services keep
 # 8001-8005 and the simulators 9000+, so replicas never collide with either.
 REPLICA_BASE_PORT = 8010
+# Cross-validation on localnet (docs/operations.md §9.1): production runs the prompt loops every 5 and
+# 30 minutes and needs thousands of series before it samples; with these small DYNAMIC_* values and a
+# run every 10 s, series, workloads and trusted answers exist within the first localnet cycle.
+CROSSVAL_INTERVAL_S = 10.0
+LOCALNET_DYNAMIC_CONFIG = Path(__file__).with_name("localnet_dynamic_config.json")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ def localnet_env(topo: Topology) -> dict[str, str]:
         # The facilitator simulator, and the key it signs V2 jobs with (docs/organic.md §9).
         "FACILITATOR_URI": topo.facilitator_url,
         "FACILITATOR_V2_SIGNERS": facilitator_hotkey(),
+        "DYNAMIC_CONFIG_SOURCE": str(LOCALNET_DYNAMIC_CONFIG),
     }
     return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
 
@@ -130,6 +137,8 @@ def children(topo: Topology, *, job_runners: int = 1, lease_ttl_s: float | None 
         ChildSpec(name, [py, "-m", service_module(name)], ready_url=f"http://{topo.host}:{port}/readyz")
         for name, port in SERVICE_PORTS.items()
     ]
+    crossval = [py, "-m", __name__, "cross-validator", "--port", str(SERVICE_PORTS["cross-validator"])]
+    services = [dataclasses.replace(s, argv=crossval) if s.name == "cross-validator" else s for s in services]
     ttl = [] if lease_ttl_s is None else ["--lease-ttl", str(lease_ttl_s)]
     if lease_ttl_s is not None:
         port = SERVICE_PORTS["job-runner"]
@@ -173,8 +182,6 @@ def run_job_runner(port: int, lease_ttl_s: float | None) -> None:
     The same service as `python -m horde_job_runner`; only its HTTP port and, when given, its shard
     lease TTL differ (docs/scheduling.md §8; the lease in `horde_job_runner/synthetic/shard_lease.py`).
     """
-    import dataclasses
-
     from horde_common.service import Dependency, run_service
     from horde_job_runner.app import SPEC
     from horde_job_runner.synthetic.handler import JobRunnerRuntime, job_runner_runtime_with
@@ -184,6 +191,52 @@ def run_job_runner(port: int, lease_ttl_s: float | None) -> None:
         runtime = Dependency(JobRunnerRuntime, job_runner_runtime_with(lease_ttl_s=lease_ttl_s))
         dependencies = [runtime if d.type is JobRunnerRuntime else d for d in dependencies]
     run_service(dataclasses.replace(SPEC, port=port, dependencies=dependencies))
+
+
+def run_cross_validator(port: int, interval_s: float = CROSSVAL_INTERVAL_S) -> None:
+    """Run the cross-validator with its three prompt loops every `interval_s`, blocking until stopped.
+
+    The loops call the service's own runs (`run_generation`, `run_sampling`, `run_answering`); only
+    the period differs. Before them, the DYNAMIC_* values of `DYNAMIC_CONFIG_SOURCE` are stored in
+    this process: the scheduler stores them too, but maybe after the first run read and cached the
+    production values for 5 minutes.
+    """
+    import structlog
+
+    from horde_common.dynamic_config import DynamicConfigError, refresh_from_sources
+    from horde_common.service import ServiceContext, run_service
+    from horde_cross_validator.answering import run_answering
+    from horde_cross_validator.app import SPEC
+    from horde_cross_validator.generation import run_generation
+    from horde_cross_validator.runtime import CrossValidatorRuntime
+    from horde_cross_validator.workloads import run_sampling
+
+    Loop = Callable[[ServiceContext], Awaitable[None]]
+
+    def every(run: Callable[[CrossValidatorRuntime], Awaitable[object]], name: str) -> Loop:
+        async def loop(ctx: ServiceContext) -> None:
+            runtime = ctx.dependency(CrossValidatorRuntime)
+            while True:
+                await run(runtime)
+                if await ctx.wait_stop(interval_s):
+                    return
+
+        loop.__name__ = name  # the loop's name in /readyz and /debug/loops, as the service's own
+        return loop
+
+    async def on_start(ctx: ServiceContext) -> None:
+        sources = [s.strip() for s in (ctx.settings.DYNAMIC_CONFIG_SOURCE or "").split(",") if s.strip()]
+        try:
+            async with ctx.sessions() as session, session.begin():
+                await refresh_from_sources(session, sources)
+        except DynamicConfigError as exc:  # the scheduler records the event; the loops use what is stored
+            structlog.get_logger(__name__).warning("localnet.dynamic_config_not_stored", error=str(exc))
+        if SPEC.on_start is not None:
+            await SPEC.on_start(ctx)
+
+    loops = [every(run_generation, "generation_loop"), every(run_sampling, "sampling_loop")]
+    loops.append(every(run_answering, "answering_loop"))
+    run_service(dataclasses.replace(SPEC, port=port, loops=loops, on_start=on_start))
 
 
 def miner_fleet_args(topo: Topology) -> list[str]:
@@ -325,15 +378,20 @@ def load_state() -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m horde_cli.localnet job-runner --port P [--lease-ttl S]`: a job-runner replica."""
+    """`python -m horde_cli.localnet job-runner --port P [--lease-ttl S]`: a job-runner replica;
+    `python -m horde_cli.localnet cross-validator --port P [--interval S]`: the localnet's cross-validator."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m horde_cli.localnet", description=main.__doc__)
-    parser.add_argument("what", choices=["job-runner"])
+    parser.add_argument("what", choices=["job-runner", "cross-validator"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--lease-ttl", type=float, default=None, help="shard lease TTL, seconds")
+    parser.add_argument("--interval", type=float, default=CROSSVAL_INTERVAL_S, help="prompt loops' period, s")
     args = parser.parse_args(argv)
-    run_job_runner(args.port, args.lease_ttl)
+    if args.what == "cross-validator":
+        run_cross_validator(args.port, args.interval)
+    else:
+        run_job_runner(args.port, args.lease_ttl)
 
 
 if __name__ == "__main__":
