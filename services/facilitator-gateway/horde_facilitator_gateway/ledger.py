@@ -14,10 +14,12 @@ identical `failed` per attempt (docs/organic.md, "Running organic jobs: V2 retri
 job-runner's message ids are random, so equal content proves nothing. Such repeats are counted
 (`finals_sent`), never suppressed.
 
-One more update is not sent: a *stale* one, created (`sent_at`) before a final status of its job
-that already went out. Sending it would move the facilitator's view of the job back from final; it
-can only happen when deliveries of one job's updates overtake each other (the bus gives no order
-between messages delivered concurrently).
+One more update is not sent: a *stale* one, which would move the facilitator's view of its job
+back (the bus gives no order between messages delivered concurrently, so one job's updates may
+overtake each other). With a per-job `seq` (docs/organic.md, "Facilitator gateway") that is one
+whose `seq` is at most the highest of its job in the ledger: the row keeps each update's `seq`, so
+the order survives a gateway restart. Without one (`seq` 0, a sender from before the field): one
+created (`sent_at`) before a final status of its job that already went out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, case, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -46,40 +48,42 @@ class StatusLedger:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def check(self, msg: OrganicJobStatus) -> Literal["new", "duplicate", "stale"]:
-        """`duplicate`: this message was already written; `stale`: a final status of its job made
-        after it was (one indexed query)."""
+    async def check(self, msg: OrganicJobStatus) -> tuple[Literal["new", "duplicate", "stale"], int]:
+        """Whether `msg` was already written (`duplicate`), would move its job back (`stale`: a
+        `seq` at most the job's highest written, or without `seq` a final status of its job made
+        after it went out) or is `new`, and the job's highest `seq` written (0: none). One query
+        over the message's row and its job's rows (both indexed)."""
         sent = FacilitatorStatusSent
+        newer_final = and_(sent.status.in_(FINAL_STATUSES), sent.message_sent_at > msg.sent_at)
         async with self._sessions() as session:
-            found = (
-                await session.scalars(
-                    select(sent.message_id)
-                    .where(
-                        or_(
-                            sent.message_id == msg.message_id,
-                            and_(
-                                sent.job_uuid == msg.job_uuid,
-                                sent.status.in_(FINAL_STATUSES),
-                                sent.message_sent_at > msg.sent_at,
-                            ),
-                        )
-                    )
-                    .limit(2)
+            row = (
+                await session.execute(
+                    select(
+                        func.bool_or(sent.message_id == msg.message_id),
+                        func.bool_or(and_(sent.job_uuid == msg.job_uuid, newer_final)),
+                        func.max(case((sent.job_uuid == msg.job_uuid, sent.seq), else_=0)),
+                    ).where(or_(sent.message_id == msg.message_id, sent.job_uuid == msg.job_uuid))
                 )
-            ).all()
-        if msg.message_id in found:
-            return "duplicate"
-        return "stale" if found else "new"
+            ).one()
+        duplicate, newer_final_sent, highest = bool(row[0]), bool(row[1]), int(row[2] or 0)
+        if duplicate:
+            return "duplicate", highest
+        stale = msg.seq <= highest if msg.seq > 0 else newer_final_sent
+        return ("stale" if stale else "new"), highest
 
     async def record(
-        self, message_id: uuid.UUID, job_uuid: uuid.UUID, status: str, message_sent_at: datetime
+        self, message_id: uuid.UUID, job_uuid: uuid.UUID, status: str, message_sent_at: datetime, seq: int = 0
     ) -> None:
         """The frame of this message was written: commit that fact (a second record is a no-op)."""
         async with self._sessions() as session, session.begin():
             await session.execute(
                 pg_insert(FacilitatorStatusSent)
                 .values(
-                    message_id=message_id, job_uuid=job_uuid, status=status, message_sent_at=message_sent_at
+                    message_id=message_id,
+                    job_uuid=job_uuid,
+                    status=status,
+                    message_sent_at=message_sent_at,
+                    seq=seq,
                 )
                 .on_conflict_do_nothing(index_elements=[FacilitatorStatusSent.message_id])
             )

@@ -284,13 +284,14 @@ class FacilitatorLink:
         """Write `msg` as a `V0JobStatusUpdate` on an authenticated connection and return "sent",
         or raise `LinkUnavailable` after `status_wait_s` so that its bus message is retried (order
         and retries: `outbound.StatusQueue`). Not written (`ledger.py`): a message an earlier
-        delivery wrote ("duplicate"), an update older than a final status of its job that went out
-        ("stale")."""
-        outcome: str = await self._ledger.check(msg)
+        delivery wrote ("duplicate"), an update that would move its job back ("stale": its `seq`
+        not above the job's highest written, or without `seq` older than a final that went out)."""
+        checked, highest = await self._ledger.check(msg)
+        outcome: str = checked
         if outcome == "new":
             write_s = self.config.send_timeout_s + self.config.record_timeout_s  # a begun write, recorded
             try:
-                written = await self._statuses.submit(msg, self.config.status_wait_s, write_s)
+                written = await self._statuses.submit(msg, self.config.status_wait_s, write_s, highest)
             except LinkUnavailable:
                 self.stats.status_link_down += 1
                 self.metrics.status_update(msg.status, "link_down")
@@ -323,7 +324,9 @@ class FacilitatorLink:
         the consumer's idempotency row still deduplicates unless it fails too."""
         record = asyncio.ensure_future(
             asyncio.wait_for(
-                self._ledger.record(update.message_id, update.job_uuid, update.status.value, update.sent_at),
+                self._ledger.record(
+                    update.message_id, update.job_uuid, update.status.value, update.sent_at, update.seq
+                ),
                 self.config.record_timeout_s,
             )
         )

@@ -328,7 +328,7 @@ async def test_a_final_status_is_held_for_an_older_update_delivered_with_it() ->
     """A job that ends at once: its `accepted` and `completed` are delivered together and the final
     may reach the queue first. It is held, so the older update still goes out before it; once the
     `accepted` was written the final goes at once, without waiting out the hold."""
-    queue = StatusQueue(final_hold_s=60.0)  # the test, not the clock, decides when the older arrives
+    queue = StatusQueue(hold_s=60.0)  # the test, not the clock, decides when the older arrives
     job = uuid.uuid4()
     accepted = OrganicJobStatus(job_uuid=job, status="accepted", comment="")
     completed = OrganicJobStatus(job_uuid=job, status="completed", comment="done")
@@ -351,7 +351,7 @@ async def test_a_final_status_is_held_for_an_older_update_delivered_with_it() ->
 async def test_a_held_final_status_holds_back_only_its_own_job() -> None:
     """While one job's final waits for its `accepted`, other jobs' updates are written; a final of
     a job whose `accepted` was already written is not held at all."""
-    queue = StatusQueue(final_hold_s=60.0)
+    queue = StatusQueue(hold_s=60.0)
     held_job, other_job = uuid.uuid4(), uuid.uuid4()
     held = OrganicJobStatus(job_uuid=held_job, status="failed", comment="declined")
     other_accepted = OrganicJobStatus(job_uuid=other_job, status="accepted", comment="")

@@ -84,6 +84,8 @@ async def add_manifests(sessions: Sessions, hotkeys: list[str]) -> None:
 # A job as the facilitator sends it (what the gateway stores in `organic_jobs.request`).
 BASE: dict[str, Any] = {"type": "job.new", "uuid": "", "executor_class": AO, "docker_image": "img"}
 BASE |= {"raw_script": "print('hello')", "args": [], "env": {"A": "1"}, "use_gpu": False}
+# What a simulated executor answers to a job it does not run (docs/organic.md §9): neither hashcat nor LLM.
+STDOUT = "simulated: img\nraw_script: 14 bytes, not run\n"
 PER_VERSION: dict[str, dict[str, Any]] = {
     "V0JobRequest": {"input_url": "", "output_url": ""},
     "V1JobRequest": {"volume": None, "output_upload": None},
@@ -156,14 +158,14 @@ async def test_job_completes_with_accepted_then_completed(sessions: Sessions, ve
         "job_uuid": str(msg.job_uuid),
         "message_type": "V0JobFinishedRequest",
         "docker_process_stderr": "",
-        "docker_process_stdout": "hello\n",
+        "docker_process_stdout": STDOUT,
     }
     name = f"{miner.hotkey}(127.0.0.1:{port})"
-    assert got[1]["comment"] == f"Miner {name} finished: stdout='hello\\n' stderr=''"
+    assert got[1]["comment"] == f"Miner {name} finished: stdout={STDOUT!r} stderr=''"
     row = await job_row(sessions, msg.job_uuid)
     assert (row.status, row.stdout, row.miner_hotkey, row.miner_port) == (
         "COMPLETED",
-        "hello\n",
+        STDOUT,
         miner.hotkey,
         port,
     )

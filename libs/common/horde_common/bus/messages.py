@@ -181,6 +181,12 @@ class OrganicJobStatus(BusMessage):
     status: OrganicJobStatusValue
     comment: str | None = None
     miner_response: dict[str, Any] | None = None
+    seq: int = Field(default=0, ge=0)
+    """The update's place among its job's updates, stamped by the job-runner (docs/organic.md,
+    "Facilitator gateway"): strictly increasing in the order the job's updates were made, so the
+    gateway can restore that order whatever order the bus delivers them in. 0: unknown (a sender
+    from before the field); the gateway then orders by `sent_at`. Bus only, never on the
+    facilitator wire."""
 
 
 # --- trusted-miner jobs: cross-validator <-> job-runner -------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "lookup_axon",
     "stage_accepted",
     "stage_report",
+    "status_seq",
     "still_pending",
 ]
 
@@ -140,14 +141,27 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+def status_seq(attempt: int, status: str) -> int:
+    """The `OrganicJobStatus.seq` of a status of attempt `attempt` (the row's `attempt` column,
+    docs/organic.md "Facilitator gateway"): `accepted` is 2k-1, the attempt's outcome 2k. An
+    attempt sends at most one `accepted`, then one outcome, and the next attempt starts only after
+    that outcome was written, so the numbers grow in the order the statuses are made. A report
+    written before any attempt started (no miner) finds the row's initial attempt 1: seq 2, the
+    job's only status. A resumed attempt's `accepted` gets its attempt's number again, so the
+    gateway drops it as a copy should the first one have gone out."""
+    k = max(1, attempt)
+    return 2 * k - 1 if status == "accepted" else 2 * k
+
+
 def _status(
-    job_uuid: uuid.UUID, status: str, comment: str, miner_response: dict[str, Any]
+    job_uuid: uuid.UUID, status: str, comment: str, miner_response: dict[str, Any], attempt: int
 ) -> OrganicJobStatus:
     return OrganicJobStatus(
         job_uuid=job_uuid,
         status=status,  # type: ignore[arg-type]  # one of the four literals, from `outcomes`
         comment=comment,
         miner_response=miner_response,
+        seq=status_seq(attempt, status),
     )
 
 
@@ -155,15 +169,17 @@ async def stage_accepted(session: AsyncSession, job_uuid: uuid.UUID, *, publish:
     """The `accepted` status (the row stays PENDING until the job ends); `publish=False` (a job the
     facilitator never sent, e.g. from the CLI) keeps it off the bus. Nothing is staged once the job
     has its final status (another consumer ended it): returns whether the row was still PENDING."""
-    result = await session.execute(
+    attempt = await session.scalar(
         update(OrganicJob)
         .where(OrganicJob.job_uuid == job_uuid, OrganicJob.status == str(JobStatus.PENDING))
         .values(updated_at=func.now())
+        .returning(OrganicJob.attempt)
     )
-    if _rowcount(result) == 0:
+    if attempt is None:
         return False
     if publish:
-        await add_to_outbox(session, _status(job_uuid, "accepted", "", accepted_response(str(job_uuid))))
+        response = accepted_response(str(job_uuid))
+        await add_to_outbox(session, _status(job_uuid, "accepted", "", response, attempt))
     return True
 
 
@@ -183,20 +199,20 @@ async def stage_report(
     Written only while the row is PENDING: of two consumers racing on one job (a redelivery beside
     a live one, docs/organic.md "resuming after a crash") only the first reports; the other's
     outcome event and status are dropped (its miner events are kept). Returns whether it wrote."""
-    result = await session.execute(
+    attempt = await session.scalar(
         update(OrganicJob)
         .where(OrganicJob.job_uuid == job_uuid, OrganicJob.status == str(JobStatus.PENDING))
         .values(status=report.row_status, comment=report.comment, stdout=report.stdout, stderr=report.stderr)
+        .returning(OrganicJob.attempt)
     )
-    written = _rowcount(result) > 0
+    written = attempt is not None
     data = {"job_uuid": str(job_uuid), "miner_hotkey": miner_hotkey}
     events = list(extra_events)
     if written:
         events.append(SystemEventRecord(report.event_type, report.event_subtype, report.comment, data))
     if events:
         await record_events_bulk(session, events, service=SERVICE)
-    if written and publish:
-        await add_to_outbox(
-            session, _status(job_uuid, report.status, report.comment, report.miner_response(str(job_uuid)))
-        )
+    if attempt is not None and publish:
+        response = report.miner_response(str(job_uuid))
+        await add_to_outbox(session, _status(job_uuid, report.status, report.comment, response, attempt))
     return written

@@ -7,7 +7,9 @@ before the bus message is acknowledged. A redelivery of that message (a gateway 
 ack, a broker restart, the outbox relay publishing a row twice) finds the row and is acknowledged
 without a second frame. `job_uuid` and `status` make the final statuses sent per job countable;
 `message_sent_at` (the bus message's creation time at the job-runner) lets an update older than a
-final status already sent for its job be recognised as stale.
+final status already sent for its job be recognised as stale; `seq` (the message's per-job
+sequence number, 0 when it carried none) gives the highest one written per job, so a gateway that
+restarted still knows which of a job's updates went out.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, String, func
+from sqlalchemy import DateTime, Index, Integer, String, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +33,7 @@ class FacilitatorStatusSent(Base):
     job_uuid: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     status: Mapped[str] = mapped_column(String(16))  # accepted, rejected, failed, completed
     message_sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # `OrganicJobStatus.seq`
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (

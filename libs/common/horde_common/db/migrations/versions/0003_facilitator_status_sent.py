@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("job_uuid", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("message_sent_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("seq", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_facilitator_status_sent")),
     )
