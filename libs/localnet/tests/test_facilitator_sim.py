@@ -220,6 +220,7 @@ async def test_status_updates_are_recorded_in_order(facilitator: RunningFacilita
             "version": "V0",
             "state": "sent",
             "sent_to": keys.validator_hotkey(0),
+            "sent_at": record["sent_at"],
             "sends": 1,
             "statuses": ["accepted", "completed"],
             "finals": 1,

@@ -84,6 +84,7 @@ class JobRecord:
             "version": self.version,
             "state": self.state,
             "sent_to": self.sent_to,
+            "sent_at": self.sent_at,
             "sends": self.sends,
             "statuses": [s["status"] for s in self.statuses],
             "finals": self.finals,
@@ -95,7 +96,6 @@ class JobRecord:
         return {
             **self.summary(),
             "submitted_at": self.submitted_at,
-            "sent_at": self.sent_at,
             "target": self.target,
             "timeout": self.timeout,
             "request": self.request,
