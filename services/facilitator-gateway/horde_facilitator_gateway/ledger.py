@@ -25,11 +25,12 @@ created (`sent_at`) before a final status of its job that already went out.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from sqlalchemy import and_, case, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import DateTime, Integer, String, and_, bindparam, case, delete, func, or_, select, text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.bus.messages import OrganicJobStatus
@@ -42,6 +43,31 @@ STATUS_SENT_KEEP: Final = timedelta(days=7)
 ample (RabbitMQ redelivers within minutes, the outbox relay within its retry period)."""
 
 
+_RECORD: Final = text(
+    "INSERT INTO facilitator_status_sent (message_id, job_uuid, status, message_sent_at, seq) "
+    "VALUES (:message_id, :job_uuid, :status, :message_sent_at, :seq) "
+    "ON CONFLICT (message_id) DO NOTHING"
+).bindparams(
+    bindparam("message_id", type_=UUID(as_uuid=True)),
+    bindparam("job_uuid", type_=UUID(as_uuid=True)),
+    bindparam("status", type_=String()),
+    bindparam("message_sent_at", type_=DateTime(timezone=True)),
+    bindparam("seq", type_=Integer()),
+)
+"""`record`'s insert, as text: SQLAlchemy compiles a PostgreSQL `INSERT … ON CONFLICT` afresh on
+every execution (it has no cache key), which cost the gateway more CPU than the query itself."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A status message against the ledger: `outcome` and `highest` as `StatusLedger.check`
+    returns them, `finals`: final statuses of its job already written."""
+
+    outcome: Literal["new", "duplicate", "stale"]
+    highest: int
+    finals: int
+
+
 class StatusLedger:
     """Reads and writes `facilitator_status_sent`, each call its own short transaction."""
 
@@ -51,42 +77,48 @@ class StatusLedger:
     async def check(self, msg: OrganicJobStatus) -> tuple[Literal["new", "duplicate", "stale"], int]:
         """Whether `msg` was already written (`duplicate`), would move its job back (`stale`: a
         `seq` at most the job's highest written, or without `seq` a final status of its job made
-        after it went out) or is `new`, and the job's highest `seq` written (0: none). One query
-        over the message's row and its job's rows (both indexed)."""
+        after it went out) or is `new`, and the job's highest `seq` written (0: none)."""
+        checked = await self.check_counting(msg)
+        return checked.outcome, checked.highest
+
+    async def check_counting(self, msg: OrganicJobStatus) -> Checked:
+        """`check`, plus how many final statuses of the job were written before (for the
+        repeated-final statistic, without a query of its own). One query over the message's row
+        and its job's rows (both indexed)."""
         sent = FacilitatorStatusSent
+        of_job = sent.job_uuid == msg.job_uuid
         newer_final = and_(sent.status.in_(FINAL_STATUSES), sent.message_sent_at > msg.sent_at)
         async with self._sessions() as session:
             row = (
                 await session.execute(
                     select(
                         func.bool_or(sent.message_id == msg.message_id),
-                        func.bool_or(and_(sent.job_uuid == msg.job_uuid, newer_final)),
-                        func.max(case((sent.job_uuid == msg.job_uuid, sent.seq), else_=0)),
-                    ).where(or_(sent.message_id == msg.message_id, sent.job_uuid == msg.job_uuid))
+                        func.bool_or(and_(of_job, newer_final)),
+                        func.max(case((of_job, sent.seq), else_=0)),
+                        func.count().filter(and_(of_job, sent.status.in_(FINAL_STATUSES))),
+                    ).where(or_(sent.message_id == msg.message_id, of_job))
                 )
             ).one()
         duplicate, newer_final_sent, highest = bool(row[0]), bool(row[1]), int(row[2] or 0)
+        finals = int(row[3] or 0)
         if duplicate:
-            return "duplicate", highest
+            return Checked("duplicate", highest, finals)
         stale = msg.seq <= highest if msg.seq > 0 else newer_final_sent
-        return ("stale" if stale else "new"), highest
+        return Checked("stale" if stale else "new", highest, finals)
 
     async def record(
         self, message_id: uuid.UUID, job_uuid: uuid.UUID, status: str, message_sent_at: datetime, seq: int = 0
     ) -> None:
         """The frame of this message was written: commit that fact (a second record is a no-op)."""
+        params = {
+            "message_id": message_id,
+            "job_uuid": job_uuid,
+            "status": status,
+            "message_sent_at": message_sent_at,
+            "seq": seq,
+        }
         async with self._sessions() as session, session.begin():
-            await session.execute(
-                pg_insert(FacilitatorStatusSent)
-                .values(
-                    message_id=message_id,
-                    job_uuid=job_uuid,
-                    status=status,
-                    message_sent_at=message_sent_at,
-                    seq=seq,
-                )
-                .on_conflict_do_nothing(index_elements=[FacilitatorStatusSent.message_id])
-            )
+            await session.execute(_RECORD, params)
 
     async def finals_sent(self, job_uuid: uuid.UUID) -> int:
         """How many final statuses of this job the facilitator was sent (one per V2 attempt)."""

@@ -286,8 +286,9 @@ class FacilitatorLink:
         and retries: `outbound.StatusQueue`). Not written (`ledger.py`): a message an earlier
         delivery wrote ("duplicate"), an update that would move its job back ("stale": its `seq`
         not above the job's highest written, or without `seq` older than a final that went out)."""
-        checked, highest = await self._ledger.check(msg)
-        outcome: str = checked
+        checked = await self._ledger.check_counting(msg)
+        highest = checked.highest
+        outcome: str = checked.outcome
         if outcome == "new":
             write_s = self.config.send_timeout_s + self.config.record_timeout_s  # a begun write, recorded
             try:
@@ -303,20 +304,13 @@ class FacilitatorLink:
             log.info(
                 "facilitator.status_not_sent", outcome=outcome, job_uuid=str(msg.job_uuid), status=msg.status
             )
-        elif msg.status in FINAL_STATUSES:
-            await self._count_repeated_final(msg)
-        return outcome
-
-    async def _count_repeated_final(self, msg: OrganicJobStatus) -> None:
-        """Count (never prevent) a job's second final status: one per V2 attempt is expected."""
-        try:
-            finals = await self._ledger.finals_sent(msg.job_uuid)
-        except Exception as exc:  # only a statistic: the update itself went out
-            log.warning("facilitator.finals_count_failed", error=_describe(exc))
-            return
-        if finals > 1:
+        elif msg.status in FINAL_STATUSES and checked.finals > 0:
+            # Counted (never prevented) from the check's own query: one final per V2 attempt is expected.
             self.stats.status_repeated_finals += 1
-            log.info("facilitator.final_status_repeated", job_uuid=str(msg.job_uuid), finals=finals)
+            log.info(
+                "facilitator.final_status_repeated", job_uuid=str(msg.job_uuid), finals=checked.finals + 1
+            )
+        return outcome
 
     async def _record_sent(self, update: PendingUpdate) -> None:
         """Commit that `update` was written before anything else goes out, so a kill leaves at

@@ -16,16 +16,20 @@ with `Dependency(OrganicRuntime, organic_runtime)` among the spec's dependencies
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from enum import Enum
+from typing import Final
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from horde_common.bus import HandlerContext
 from horde_common.bus.messages import MinerEndpoint, OrganicJobRequested
 from horde_common.db.models.enums import JobStatus
 from horde_common.dynamic_config import DynamicConfig
+from horde_common.dynamic_config_store import ItemsCache
 from horde_common.service import ServiceContext
 from horde_job_runner.organic.details import JobDetailsError, MinerJobSpec, job_spec
 from horde_job_runner.organic.outcomes import OutcomeKind, miner_name, not_run_report, report
@@ -35,6 +39,7 @@ from horde_job_runner.organic.runtime import (
     OrganicRuntime,
     StatusListener,
     StatusNote,
+    committed_status,
     sleep_kwargs,
     write_report,
 )
@@ -59,6 +64,10 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+CONFIG_REUSE_S: Final = 5.0
+"""How long a job reuses the dynamic config an earlier job read: short next to the config's own
+five-minute refresh, so a dated item takes effect at most this much late."""
+
 
 class _Taken(Enum):
     """Another consumer of the same job assigned this attempt first (`store.assign_miner`)."""
@@ -74,7 +83,18 @@ async def organic_runtime(ctx: ServiceContext) -> AsyncIterator[OrganicRuntime]:
         from horde_common.wallet import load_hotkey
 
         keypair = load_hotkey(ctx.settings)
-    yield OrganicRuntime(sessions=ctx.sessions, keypair=keypair)
+    yield OrganicRuntime(sessions=ctx.sessions, keypair=keypair, kick=_outbox_kicker(ctx))
+
+
+def _outbox_kicker(ctx: ServiceContext) -> Callable[[], None]:
+    """Wake the outbox relay of this instance's broker (read at call time: the broker may be
+    replaced on reconnect, and is None only before start-up finished)."""
+
+    def kick() -> None:
+        if ctx.broker is not None:
+            ctx.broker.kick_outbox()
+
+    return kick
 
 
 async def handle_organic_job_requested(msg: OrganicJobRequested, ctx: HandlerContext) -> None:
@@ -89,7 +109,7 @@ async def run_organic_job(runtime: OrganicRuntime, msg: OrganicJobRequested) -> 
     job_uuid = msg.job_uuid
     async with runtime.sessions() as session:
         row = await load_job(session, job_uuid)
-        config = await DynamicConfig.load(session)
+        config = await _config(runtime, session)
         if row is None or row.status != JobStatus.PENDING:
             log.info("organic.skipped", job_uuid=str(job_uuid), status=None if row is None else row.status)
             return
@@ -137,6 +157,21 @@ async def run_organic_job(runtime: OrganicRuntime, msg: OrganicJobRequested) -> 
         )
 
 
+async def _config(runtime: OrganicRuntime, session: AsyncSession) -> DynamicConfig:
+    """The dynamic config, built at most once per `CONFIG_REUSE_S` per runtime: building it (every
+    key resolved, then validated) costs more CPU than the rest of a job's bookkeeping. Its stored
+    items are cached process-wide (`ItemsCache`); a refresh or `clear_cache` replaces them, which
+    ends the reuse at once."""
+    items = await ItemsCache.items(session)
+    now = time.monotonic()
+    cached = runtime.config_cache
+    if cached is not None and cached[1] is items and now - cached[0] < CONFIG_REUSE_S:
+        return cached[2]
+    config = DynamicConfig(items)
+    runtime.config_cache = (now, items, config)
+    return config
+
+
 async def _resume_taken(
     runtime: OrganicRuntime, spec: MinerJobSpec, job_uuid: uuid.UUID, timeouts: OrganicTimeouts
 ) -> None:
@@ -177,8 +212,8 @@ async def _attempt(
     async def accepted() -> None:
         async with runtime.sessions() as session, session.begin():
             staged = await stage_accepted(session, job_uuid, publish=runtime.publish_statuses)
-        if staged and runtime.on_status is not None:
-            runtime.on_status(StatusNote(job_uuid, axon.hotkey, "accepted"))
+        if staged:
+            committed_status(runtime, StatusNote(job_uuid, axon.hotkey, "accepted"))
 
     endpoint = MinerEndpoint(hotkey=axon.hotkey, uid=-1, address=axon.address, port=axon.port)
     outcome, events = await run_on_miner(

@@ -41,7 +41,7 @@ from horde_job_runner.organic.run import (
     send_within,
     track_job,
 )
-from horde_job_runner.organic.runtime import OrganicRuntime, StatusNote, write_report
+from horde_job_runner.organic.runtime import OrganicRuntime, StatusNote, committed_status, write_report
 from horde_job_runner.organic.store import SERVICE, accepted_staged, stage_accepted, still_pending
 from horde_job_runner.synthetic.link import MinerLink
 from horde_job_runner.synthetic.model import Clock, JobState
@@ -137,8 +137,8 @@ async def resume_job(
             if runtime.publish_statuses and await accepted_staged(session, job_uuid, point.started_at):
                 return False
             staged = await stage_accepted(session, job_uuid, publish=runtime.publish_statuses)
-        if staged and runtime.on_status is not None:
-            runtime.on_status(StatusNote(job_uuid, point.hotkey, "accepted"))
+        if staged:
+            committed_status(runtime, StatusNote(job_uuid, point.hotkey, "accepted"))
         return staged
 
     return await _resume_on_miner(runtime, spec, point, timeouts, pending, on_ready)

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from horde_common.dynamic_config import DynamicConfig
 from horde_common.telemetry.events import SystemEventRecord
 from horde_job_runner.organic.outcomes import Report
 from horde_job_runner.organic.run import ORGANIC_TRANSPORT, OrganicTimeouts
@@ -26,7 +27,14 @@ from horde_job_runner.synthetic.transport import (
     WebSocketTransport,
 )
 
-__all__ = ["OrganicRuntime", "StatusListener", "StatusNote", "sleep_kwargs", "write_report"]
+__all__ = [
+    "OrganicRuntime",
+    "StatusListener",
+    "StatusNote",
+    "committed_status",
+    "sleep_kwargs",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,27 @@ class OrganicRuntime:
     # Statuses go to the facilitator (through the outbox) only for the facilitator's own jobs: the
     # CLI's jobs (`publish_statuses=False`) were never sent by it, as in the original.
     publish_statuses: bool = True
+    # Wakes this instance's outbox relay (`Broker.kick_outbox`) after a status was committed: the
+    # statuses are written outside the handler's transaction, so the consumer does not kick for
+    # them, and the relay would otherwise publish them only at its next poll (up to a second later,
+    # docs/organic.md, "Running organic jobs: latency"). None (tests, the CLI): wait for the poll.
+    kick: Callable[[], None] | None = None
+    # (monotonic time, items it was built from, config): `handler._config` reuses it briefly.
+    config_cache: tuple[float, object, DynamicConfig] | None = field(default=None, repr=False)
 
 
 def sleep_kwargs(sleep: Sleep | None) -> dict[str, Sleep]:
     """`sleep=` for the miner link when the runtime overrides it (tests), else nothing."""
     return {} if sleep is None else {"sleep": sleep}
+
+
+def committed_status(runtime: OrganicRuntime, note: StatusNote) -> None:
+    """After the commit that staged `note`'s status: wake the outbox relay (if the status goes on
+    the bus) and tell the in-process listener."""
+    if runtime.publish_statuses and runtime.kick is not None:
+        runtime.kick()
+    if runtime.on_status is not None:
+        runtime.on_status(note)
 
 
 async def write_report(
@@ -85,7 +109,7 @@ async def write_report(
         written = await stage_report(
             session, job_uuid, hotkey, result, events, publish=runtime.publish_statuses
         )
-    if written and runtime.on_status is not None:
+    if written:
         note = StatusNote(job_uuid, hotkey, result.status, result.comment, result.stdout, result.stderr)
-        runtime.on_status(note)
+        committed_status(runtime, note)
     return written

@@ -38,6 +38,13 @@ V2_PICK_LOCK_KEY: Final = 0x6F72_6761_6E69_6332  # "organic2"
 """Advisory lock held from reading the pointer to writing the chosen miner (one pick at a time)."""
 
 
+V2_ASSIGNED: Final = text(
+    f"(organic_jobs.request ->> 'message_type') = '{V2_REQUEST}' AND organic_jobs.miner_hotkey <> ''"
+)
+"""V2 rows with a miner, spelled as the predicate of `ix_organic_jobs_v2_assigned` (migration 0005)
+with constants, not bound parameters: the planner proves a partial index applies only from those."""
+
+
 def next_miner(candidates: Iterable[str], last: str | None, blacklist: Iterable[str] = ()) -> str | None:
     """The first candidate (in hotkey order) after `last`, wrapping to the first; None if none.
 
@@ -78,7 +85,7 @@ async def last_v2_miner(session: AsyncSession) -> str | None:
     """
     result: str | None = await session.scalar(
         select(OrganicJob.miner_hotkey)
-        .where(OrganicJob.request["message_type"].astext == V2_REQUEST, OrganicJob.miner_hotkey != "")
+        .where(V2_ASSIGNED)
         .order_by(OrganicJob.created_at.desc(), OrganicJob.id.desc())
         .limit(1)
     )
