@@ -4,6 +4,8 @@ The real command in a subprocess (as `test_localnet.py`), with a 100-block cycle
 localnet's 0.2 s blocks, so this validator's slot comes within seconds) and a metagraph whose miners
 misbehave in known ways; the test waits (bounded polls of the database) for the first batch to
 complete, then compares `horde batches --json` and each miner's job statuses with the behaviours.
+The localnet cross-validates by default, so a batch may hold LLM jobs once prompt samples are ready:
+their verdicts are read from the answers file, not stdout, and each must have its own sample.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from horde_common.crossval import ANSWERS_MISSING
+from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared harness beside this file
 
@@ -45,7 +50,17 @@ EXPECTED_COMMENT = {
     "job_fail": "returncode=1",
     "decline": "declined",
 }
+# An LLM job is judged by the answers file it uploads: `wrong_answer` prints a random stdout and
+# uploads nothing, so its LLM jobs fail for missing answers.
+EXPECTED_LLM_COMMENT = {**EXPECTED_COMMENT, "wrong_answer": ANSWERS_MISSING}
 MINERS = 8  # the packaged metagraph's fleet
+# LLM jobs of a batch with no sample linked, or sharing one (each must consume its own sample).
+UNLINKED_LLM_JOBS_SQL = """
+SELECT j.job_uuid, count(s.id) AS samples FROM synthetic_jobs AS j
+LEFT JOIN prompt_samples AS s ON s.synthetic_job_id = j.id
+WHERE j.batch_id = $1 AND j.executor_class = $2
+GROUP BY j.job_uuid HAVING count(s.id) <> 1
+"""
 
 
 def test_a_planned_batch_completes_with_the_miners_behaviours(localnet: Localnet, tmp_path: Path) -> None:
@@ -63,10 +78,16 @@ def test_a_planned_batch_completes_with_the_miners_behaviours(localnet: Localnet
     assert entry["block"] is not None and entry["cycle"] is not None  # planned at a slot, not a debug run
     assert entry["miners"] == MINERS and entry["jobs"]["pending"] == 0
 
-    for row in sql(db_url, "SELECT miner_hotkey, comment FROM synthetic_jobs WHERE batch_id = $1", first):
+    jobs = sql(
+        db_url, "SELECT miner_hotkey, executor_class, comment FROM synthetic_jobs WHERE batch_id = $1", first
+    )
+    for row in jobs:
         behaviour = next((b for i, b in BEHAVIOURS.items() if hotkey_of(i) == row["miner_hotkey"]), "honest")
-        assert EXPECTED_COMMENT[behaviour] in row["comment"], (behaviour, row["comment"])
+        llm_job = row["executor_class"] == str(LLM_EXECUTOR_CLASS)
+        expected_comment = (EXPECTED_LLM_COMMENT if llm_job else EXPECTED_COMMENT)[behaviour]
+        assert expected_comment in row["comment"], (behaviour, row["executor_class"], row["comment"])
         assert behaviour != "honest" or row["comment"] == ""
+    assert sql(db_url, UNLINKED_LLM_JOBS_SQL, first, str(LLM_EXECUTOR_CLASS)) == []
     statuses = job_statuses(db_url, first)
     assert set(statuses) == {hotkey_of(i) for i in range(MINERS)}
     for i in range(MINERS):
@@ -95,3 +116,4 @@ def test_the_default_localnet_runs_batches(localnet: Localnet, tmp_path: Path) -
     (entry,) = [b for b in json.loads(listed.stdout) if b["id"] == first[0]["id"]]
     assert entry["state"] == "completed" and entry["cycle"] is not None
     assert entry["miners"] == MINERS and entry["jobs"]["failed"] == 0 and entry["jobs"]["ok"] > 0
+    assert sql(db_url, UNLINKED_LLM_JOBS_SQL, first[0]["id"], str(LLM_EXECUTOR_CLASS)) == []

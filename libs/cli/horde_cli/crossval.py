@@ -27,8 +27,10 @@ SELECT
   (SELECT count(*) FROM solve_workloads) AS workloads,
   (SELECT count(*) FROM solve_workloads WHERE finished_at IS NULL) AS workloads_unanswered,
   count(*) FILTER (WHERE s.synthetic_job_id IS NOT NULL) AS used,
-  count(*) FILTER (WHERE s.synthetic_job_id IS NULL AND w.finished_at IS NOT NULL) AS ready,
-  count(*) FILTER (WHERE s.synthetic_job_id IS NULL AND w.finished_at IS NULL) AS unanswered
+  count(*) FILTER (WHERE s.synthetic_job_id IS NULL AND s.taken_at IS NOT NULL) AS taken,
+  count(*) FILTER (WHERE s.synthetic_job_id IS NULL AND s.taken_at IS NULL AND w.finished_at IS NOT NULL) AS ready,
+  count(*) FILTER (WHERE s.synthetic_job_id IS NULL AND s.taken_at IS NULL AND w.finished_at IS NULL)
+    AS unanswered
 FROM prompt_samples AS s JOIN solve_workloads AS w ON w.id = s.workload_id
 """
 # Every trusted-miner job ends in one of these events of its task (the service's view uses the same).
@@ -67,7 +69,12 @@ async def _fetch(url: str) -> dict[str, Any]:
     return {
         "series": counts["series"],
         "workloads": {"total": counts["workloads"], "unanswered": counts["workloads_unanswered"]},
-        "samples": {"used": counts["used"], "ready": counts["ready"], "unanswered": counts["unanswered"]},
+        "samples": {
+            "used": counts["used"],
+            "taken": counts["taken"],
+            "ready": counts["ready"],
+            "unanswered": counts["unanswered"],
+        },
         "last_trusted_job": None
         if last is None
         else {
@@ -94,6 +101,8 @@ def status_table(status: dict[str, Any]) -> Table:
     samples = status["samples"]
     table.add_row("samples ready", str(samples["ready"]))
     table.add_row("samples used", str(samples["used"]))
+    # Reserved by a shard but not linked to a job: a batch in flight, or a shard that crashed.
+    table.add_row("samples taken, not linked", str(samples["taken"]))
     table.add_row("samples unanswered", str(samples["unanswered"]))
     last = status["last_trusted_job"]
     table.add_row(

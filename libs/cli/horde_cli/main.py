@@ -147,7 +147,7 @@ def batches(
 def crossval_status(
     json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
 ) -> None:
-    """Counts of series, workloads and samples (ready, used, unanswered); the last trusted-miner job."""
+    """Counts of series, workloads and samples (ready, used, taken, unanswered); the last trusted-miner job."""
     from horde_cli.crossval import CrossvalError, print_status
 
     try:

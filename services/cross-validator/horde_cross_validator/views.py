@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from horde_common.db.models import PromptSample, PromptSeries, SolveWorkload, SystemEvent
@@ -40,15 +40,18 @@ async def crossval_status(session: AsyncSession) -> dict[str, Any]:
             )
         )
     ).one()
+    # used: linked to a stored job; taken: reserved by a shard, not linked (a shard still running,
+    # or one that crashed: never offered again); ready/unanswered: neither (docs/crossval.md).
+    linked = PromptSample.synthetic_job_id.is_not(None)
+    free = and_(PromptSample.synthetic_job_id.is_(None), PromptSample.taken_at.is_(None))
     samples = (
         await session.execute(
             select(
-                func.count().filter(PromptSample.synthetic_job_id.is_not(None)),
+                func.count().filter(linked),
+                func.count().filter(free, SolveWorkload.finished_at.is_not(None)),
+                func.count().filter(free, SolveWorkload.finished_at.is_(None)),
                 func.count().filter(
-                    PromptSample.synthetic_job_id.is_(None), SolveWorkload.finished_at.is_not(None)
-                ),
-                func.count().filter(
-                    PromptSample.synthetic_job_id.is_(None), SolveWorkload.finished_at.is_(None)
+                    PromptSample.synthetic_job_id.is_(None), PromptSample.taken_at.is_not(None)
                 ),
             )
             .select_from(PromptSample)
@@ -69,7 +72,7 @@ async def crossval_status(session: AsyncSession) -> dict[str, Any]:
     return {
         "series": series,
         "workloads": {"total": workloads[0], "unanswered": workloads[1]},
-        "samples": {"used": samples[0], "ready": samples[1], "unanswered": samples[2]},
+        "samples": {"used": samples[0], "taken": samples[3], "ready": samples[1], "unanswered": samples[2]},
         "last_trusted_job": None
         if last is None
         else {"task": last[0], "outcome": last[1], "at": last[2].isoformat(), "description": last[3][:500]},

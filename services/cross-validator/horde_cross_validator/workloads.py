@@ -165,7 +165,8 @@ async def run_sampling(runtime: CrossValidatorRuntime) -> int | None:
                 await session.scalar(
                     select(func.count())
                     .select_from(PromptSample)
-                    .where(PromptSample.synthetic_job_id.is_(None))
+                    # Taken by a shard counts as used: it will never be handed out again.
+                    .where(PromptSample.synthetic_job_id.is_(None), PromptSample.taken_at.is_(None))
                 )
                 or 0
             )

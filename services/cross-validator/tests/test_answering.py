@@ -70,7 +70,7 @@ async def test_answers_are_stored_with_finished_at(
     assert answering[1][0] == "SUCCESS" and answering[1][1]["job_success_count"] == 1
     status = await _status(sessions)
     assert status["series"] == 2 and status["workloads"] == {"total": 1, "unanswered": 0}
-    assert status["samples"] == {"used": 0, "ready": 2, "unanswered": 0}
+    assert status["samples"] == {"used": 0, "taken": 0, "ready": 2, "unanswered": 0}
     assert status["last_trusted_job"]["task"] == "LLM_PROMPT_ANSWERING"
     assert status["last_trusted_job"]["outcome"] == "SUCCESS"
 

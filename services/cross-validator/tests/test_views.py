@@ -70,7 +70,7 @@ async def fill(sessions) -> None:  # type: ignore[no-untyped-def]
 EXPECTED = {
     "series": 3,
     "workloads": {"total": 2, "unanswered": 1},
-    "samples": {"used": 0, "ready": 2, "unanswered": 1},
+    "samples": {"used": 0, "taken": 0, "ready": 2, "unanswered": 1},
 }
 
 

@@ -219,9 +219,8 @@ async def test_shards_short_at_once_on_two_replicas_write_one_insufficient_promp
     async def shard(i: int) -> tuple[Any, ...]:
         return await take_llm_samples(
             replicas[i % 2],
-            3,  # each shard has 3 LLM executors; no shard's share holds 3 ready samples
+            3,  # each shard has 3 LLM executors; the pool holds 1 ready sample
             shard_index=i % 2,
-            shard_count=2,
             recently_reported=False,
             events=logs[i],
             db_timeout=10.0,

@@ -1,6 +1,6 @@
 """LLM jobs' samples and answers against real Postgres and the real moto S3 (127.0.0.1:9000), without
 miners (docs/synthetic-batch.md, "LLM jobs"): which samples are ready, all-or-nothing taking with
-INSUFFICIENT_PROMPTS, shards never sharing a sample, answers files a PUT reaches and a public GET
+INSUFFICIENT_PROMPTS, answers files a PUT reaches and a public GET
 reads back, consuming samples, and whose fault each failed answers download is.
 
 Each test seeds its own prompt rows (the tables are emptied first) and S3 objects in buckets of its own.
@@ -156,20 +156,11 @@ async def test_only_answered_unused_complete_samples_are_ready(
     assert len(await samples.ready(1)) == 1
 
 
-async def test_shards_of_a_batch_never_take_the_same_sample(
-    store: BatchStore, conf: Settings, samples: PromptSampleStore
-) -> None:
-    ids = await seed(store, conf, 6)
-    shares = [{r.sample_id for r in await samples.ready(10, shard_index=i, shard_count=3)} for i in range(3)]
-    assert set().union(*shares) == set(ids)
-    assert sum(len(s) for s in shares) == len(ids)  # disjoint
-
-
 async def test_taking_is_all_or_nothing_and_the_shortage_is_reported_unless_recent(
     store: BatchStore, conf: Settings, samples: PromptSampleStore
 ) -> None:
     await seed(store, conf, 2)
-    take: dict[str, Any] = {"shard_index": 0, "shard_count": 1, "db_timeout": 5.0}
+    take: dict[str, Any] = {"shard_index": 0, "db_timeout": 5.0}
     events = event_log()
     assert await take_llm_samples(samples, 3, recently_reported=False, events=events, **take) == ()
     assert events.records == []  # written at once, in a transaction of its own (test_llm_atomic.py)
@@ -205,7 +196,6 @@ async def test_a_database_failure_while_taking_is_ours_not_a_shortage() -> None:
             PromptSampleStore(session_factory(engine)),
             2,
             shard_index=0,
-            shard_count=1,
             recently_reported=False,
             events=events,
             db_timeout=5.0,

@@ -1,9 +1,10 @@
 """The shard's LLM jobs: taking prompt samples, building the jobs, naming the samples they consume
 (docs/synthetic-batch.md, "LLM jobs"; docs/crossval.md §7.5).
 
-* `take_llm_samples`: one ready sample (answered, unused) per LLM executor of the shard, or none
-  at all; short of samples, the shard runs no LLM job and writes INSUFFICIENT_PROMPTS at once, in
-  a short transaction of its own, unless one was written in the last 24 h by any shard or replica
+* `take_llm_samples`: one ready sample (answered, never taken) per LLM executor of the shard, or
+  none at all, reserved in one statement (`PromptSampleStore.take`); short of samples, the shard
+  runs no LLM job, reserves nothing and writes INSUFFICIENT_PROMPTS at once, in a short
+  transaction of its own, unless one was written in the last 24 h by any shard or replica
   (`PromptSampleStore.record_shortage`; `BatchStart.insufficient_prompts_recently` skips even that).
 * `build_llm_jobs`: the samples become jobs, each with a fresh answers file and a presigned PUT
   for it in the answers bucket. `add_llm_jobs` does both for a shard and shuffles its jobs.
@@ -11,10 +12,11 @@
   shard's persist transaction (`ShardRows.consumed_samples`), whatever the job's outcome (the
   miner has seen its prompts).
 
-The shards of a batch run at the same time and a sample is only marked used once its job is
-stored, so each shard takes only the samples whose id falls in its share (`id % shard_count`): two
-shards never hand the same sample out. A validator-side failure here (the database, S3 settings,
-presigning) is a VALIDATOR_FAILURE event and the shard runs no LLM job; no miner is blamed.
+A sample is reserved (`taken_at`) when it is taken, not when its job is stored: shards of a batch,
+batches that overlap, replicas and a debug run all take from the same pool at the same time and
+never get the same sample. A taken sample is spent whatever becomes of the shard. A
+validator-side failure here (the database, S3 settings, presigning) is a VALIDATOR_FAILURE event
+and the shard runs no LLM job; no miner is blamed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
-from horde_common.crossval import solved_key, take_samples
+from horde_common.crossval import solved_key
 from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS, ExecutorClass
 from horde_common.telemetry import SystemEventRecord, SystemEventSubtype, SystemEventType
 from horde_job_runner.generators import LlmPromptSample, LlmPromptsJobGenerator, make_generator
@@ -96,7 +98,6 @@ async def take_llm_samples(
     llm_executor_count: int,
     *,
     shard_index: int,
-    shard_count: int,
     recently_reported: bool,
     events: EventLog,
     db_timeout: float,
@@ -112,24 +113,20 @@ async def take_llm_samples(
         return ()
     try:
         async with asyncio.timeout(db_timeout):
-            ready = (
-                await source.ready(llm_executor_count, shard_index=shard_index, shard_count=shard_count)
-                if source is not None
-                else []
-            )
-            took = take_samples(ready, llm_executor_count)
-            if not took.insufficient:
+            took = await source.take(llm_executor_count) if source is not None else None
+            if took is not None and took.samples:
                 return took.samples
+            available = took.available if took is not None else 0
             if recently_reported:
                 return ()
             counts = asdict(await source.counts()) if source is not None else {}
             description = (
-                f"{len(ready)} ready prompt samples for {llm_executor_count} LLM executors: "
+                f"{available} ready prompt samples for {llm_executor_count} LLM executors: "
                 "no LLM jobs in this shard"
             )
             data = {
                 "llm_executor_count": llm_executor_count,
-                "prompt_samples_available": len(ready),
+                "prompt_samples_available": available,
                 "shard_index": shard_index,
                 **counts,
             }
@@ -199,7 +196,6 @@ async def add_llm_jobs(
         sample_source(store),
         manifests.llm_executor_count,
         shard_index=request.shard_index,
-        shard_count=request.shard_count,
         recently_reported=start.insufficient_prompts_recently,
         events=events,
         db_timeout=timeouts.db,

@@ -53,9 +53,11 @@ def consume_sql(jobs: str, sample_ids: str, job_uuids: str) -> str:
     `id, job_uuid`) the job rows are in, `sample_ids`/`job_uuids` the placeholders of two parallel
     arrays. A sample already used keeps its job: it is never given to a second one, and under
     concurrent writers the row lock and the re-checked `IS NULL` let exactly one of them link it.
+    A linked sample is always taken too (`taken_at` kept if `take` set it), so "not taken" alone
+    means unused.
     """
     return (
-        "UPDATE prompt_samples AS s SET synthetic_job_id = j.id "
+        "UPDATE prompt_samples AS s SET synthetic_job_id = j.id, taken_at = coalesce(s.taken_at, now()) "
         f"FROM unnest(CAST({sample_ids} AS bigint[]), CAST({job_uuids} AS uuid[])) AS m(sample_id, job_uuid) "
         f"JOIN {jobs} AS j ON j.job_uuid = m.job_uuid "
         "WHERE s.id = m.sample_id AND s.synthetic_job_id IS NULL"

@@ -6,7 +6,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, SmallInteger, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -35,7 +46,12 @@ class SolveWorkload(Base):
 
 
 class PromptSample(Base):
-    """k prompts of one series placed in one workload; consumed once by a synthetic LLM job."""
+    """k prompts of one series placed in one workload; consumed once by a synthetic LLM job.
+
+    `taken_at` is set by the one statement that hands the sample to a shard (never cleared: a
+    sample is taken at most once, whatever becomes of the shard); `synthetic_job_id` is set when
+    the shard stores the job (docs/synthetic-batch.md, "LLM jobs").
+    """
 
     __tablename__ = "prompt_samples"
 
@@ -45,13 +61,19 @@ class PromptSample(Base):
     synthetic_job_id: Mapped[int | None] = mapped_column(
         ForeignKey("synthetic_jobs.id", ondelete="CASCADE"), nullable=True, index=True
     )
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     series: Mapped[PromptSeries] = relationship(lazy="raise")
     workload: Mapped[SolveWorkload] = relationship(lazy="raise")
     prompts: Mapped[list[Prompt]] = relationship(back_populates="sample", lazy="raise")
 
-    __table_args__ = (UniqueConstraint("series_id", "workload_id", name="uq_prompt_samples_series_workload"),)
+    __table_args__ = (
+        UniqueConstraint("series_id", "workload_id", name="uq_prompt_samples_series_workload"),
+        # Taking scans the untaken samples oldest first; the table keeps every used sample forever,
+        # so a partial index keeps that scan to the (small) pool instead of the whole history.
+        Index("ix_prompt_samples_untaken", "id", postgresql_where=text("taken_at IS NULL")),
+    )
 
 
 class Prompt(Base):

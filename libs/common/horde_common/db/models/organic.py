@@ -46,4 +46,12 @@ class OrganicJob(Base):
         Index("ix_organic_jobs_updated_at", "updated_at"),
         Index("ix_organic_jobs_miner_hotkey", "miner_hotkey"),
         Index("ix_organic_jobs_pending", "created_at", postgresql_where="status = 'PENDING'"),
+        # The V2 round-robin pointer (`horde_job_runner.organic.selection.last_v2_miner`), read
+        # under the pick lock by every V2 job: its newest row, without scanning the table.
+        Index(
+            "ix_organic_jobs_v2_assigned",
+            "created_at",
+            "id",
+            postgresql_where="(request ->> 'message_type') = 'V2JobRequest' AND miner_hotkey <> ''",
+        ),
     )
