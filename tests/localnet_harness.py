@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from horde_common.protocol.miner.executor_class import LLM_EXECUTOR_CLASS
 from horde_common.service_ports import SERVICE_PORTS
 from horde_localnet.config import DEFAULT_METAGRAPH_PATH, DEFAULT_TOPOLOGY
 from horde_localnet.keys import miner_hotkey
@@ -110,13 +111,20 @@ def completed_batches(db_url: str) -> list[dict[str, Any]] | None:
     return rows or None
 
 
-def job_statuses(db_url: str, batch_id: int) -> dict[str, dict[str, list[str]]]:
-    """Per miner hotkey, per executor class: the sorted statuses of its jobs in the batch."""
+def job_statuses(db_url: str, batch_id: int, *, with_llm: bool = False) -> dict[str, dict[str, list[str]]]:
+    """Per miner hotkey, per executor class: the sorted statuses of its jobs in the batch.
+
+    LLM jobs are left out unless `with_llm`: whether a batch has them depends on when the localnet's
+    cross-validation pool first holds enough samples (a race with the batch), not on what the batch
+    tests check; `tests/test_localnet_crossval.py` checks them."""
     out: dict[str, dict[str, list[str]]] = {}
     for row in sql(
         db_url,
-        "SELECT miner_hotkey, executor_class, status FROM synthetic_jobs WHERE batch_id = $1",
+        "SELECT miner_hotkey, executor_class, status FROM synthetic_jobs WHERE batch_id = $1"
+        " AND ($2 OR executor_class <> $3)",
         batch_id,
+        with_llm,
+        str(LLM_EXECUTOR_CLASS),
     ):
         out.setdefault(row["miner_hotkey"], {}).setdefault(row["executor_class"], []).append(row["status"])
     for classes in out.values():

@@ -88,7 +88,7 @@ def test_a_planned_batch_completes_with_the_miners_behaviours(localnet: Localnet
         assert expected_comment in row["comment"], (behaviour, row["executor_class"], row["comment"])
         assert behaviour != "honest" or row["comment"] == ""
     assert sql(db_url, UNLINKED_LLM_JOBS_SQL, first, str(LLM_EXECUTOR_CLASS)) == []
-    statuses = job_statuses(db_url, first)
+    statuses = job_statuses(db_url, first, with_llm=True)  # this test checks the LLM jobs too
     assert set(statuses) == {hotkey_of(i) for i in range(MINERS)}
     for i in range(MINERS):
         expected = EXPECTED_STATUS[BEHAVIOURS.get(i, "honest")]
