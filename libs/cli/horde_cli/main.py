@@ -7,7 +7,6 @@ operator's `horde status` should not pay for SQLAlchemy, the broker client or th
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -16,19 +15,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from horde_cli.crossval_commands import crossval_app, s3_app  # loads typer only
 from horde_cli.debug_organic import debug_run_organic_job  # loads typer only (see its docstring)
+from horde_cli.terminal import HELP_STYLE
+from horde_cli.terminal import console as _console
+from horde_cli.terminal import err as _err
+from horde_cli.terminal import settings as _settings
 from horde_common.service_ports import SERVICE_PORTS, service_module
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.table import Table
 
-    from horde_common.config import Settings
     from horde_localnet.config import Topology
-
-# Plain help (click's formatter): typer's rich help imports rich, markdown-it and pygments, 0.4 s of
-# CPU on every `--help`. The commands' own tables and progress still use rich.
-HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
 
 app = typer.Typer(help="horde-validator: a ComputeHorde (subnet 12) validator.", **HELP_STYLE)
 localnet_app = typer.Typer(help="A whole subnet on this machine.", **HELP_STYLE)
@@ -38,34 +36,8 @@ app.add_typer(debug_app, name="debug")
 # `horde batches` lists, `horde batches show <id>` details: the group itself runs the list.
 batches_app = typer.Typer(help="Synthetic job batches, read from the database.", rich_markup_mode=None)
 app.add_typer(batches_app, name="batches")
-s3_app = typer.Typer(help="The two cross-validation S3 buckets: provision, check.", **HELP_STYLE)
 app.add_typer(s3_app, name="s3")
-crossval_app = typer.Typer(help="LLM cross-validation: prompt series, workloads, samples.", **HELP_STYLE)
 app.add_typer(crossval_app, name="crossval")
-
-
-@functools.cache
-def _console() -> Console:
-    from rich.console import Console
-
-    return Console()
-
-
-@functools.cache
-def _err() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _settings() -> Settings:
-    from horde_common.config import ConfigError, get_settings
-
-    try:
-        return get_settings()
-    except ConfigError as exc:
-        _err().print(f"[red]config error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -140,20 +112,6 @@ def batches(
         print_list(_console(), _settings().database_url, limit, json_output)
     except BatchesError as exc:
         print_error(_err(), str(exc))
-        raise typer.Exit(1) from None
-
-
-@crossval_app.command("status")
-def crossval_status(
-    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
-) -> None:
-    """Counts of series, workloads and samples (ready, used, taken, unanswered); the last trusted-miner job."""
-    from horde_cli.crossval import CrossvalError, print_status
-
-    try:
-        print_status(_console(), _settings().database_url, json_output)
-    except CrossvalError as exc:
-        _err().print(str(exc), style="red", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
 
 
@@ -365,48 +323,6 @@ def debug_set_scores(
     code = set_scores_command(_console(), _err(), _settings(), dry_run=dry_run, as_json=json_output)
     if code:
         raise typer.Exit(code)
-
-
-@s3_app.command("provision")
-def s3_provision(
-    prompts_bucket: Annotated[str, typer.Argument(help="bucket of prompt series")],
-    answers_bucket: Annotated[str, typer.Argument(help="bucket of workloads and answers")],
-    create_user: Annotated[
-        bool, typer.Option("--create-user", help="also an IAM user limited to the two buckets, and its key")
-    ] = False,
-    region: Annotated[str | None, typer.Option(help="default: AWS_DEFAULT_REGION, else us-east-1")] = None,
-    user_name: Annotated[str, typer.Option(help="the IAM user of --create-user")] = "horde-validator",
-) -> None:
-    """Create both buckets (public read) with the AWS_* credentials; print the .env lines."""
-    # docs/crossval.md §5
-    from horde_cli.s3 import DEFAULT_REGION, ProvisionError, print_provisioned, provision
-
-    settings = _settings()
-    where = region or settings.AWS_DEFAULT_REGION or DEFAULT_REGION
-    try:
-        done = provision(
-            settings, prompts_bucket, answers_bucket, where, create_user=create_user, user_name=user_name
-        )
-    except ProvisionError as exc:
-        _err().print(f"[red]provisioning failed:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    print_provisioned(_console(), done)
-
-
-@s3_app.command("check")
-def s3_check() -> None:
-    """Presigned upload, public and presigned download in both buckets; exit 1 if any fails."""
-    # docs/crossval.md §6
-    import asyncio
-
-    from horde_cli.s3 import check, check_table
-    from horde_common.s3 import endpoint_url
-
-    settings = _settings()
-    rows = asyncio.run(check(settings))
-    _console().print(check_table(rows, endpoint_url(settings)))
-    if not all(row.ok for row in rows):
-        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
