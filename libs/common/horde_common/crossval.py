@@ -14,8 +14,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Generic, TypeVar
 
 __all__ = [
     "ANSWERS_MISMATCH",
@@ -27,20 +25,15 @@ __all__ = [
     "AnswersFormatError",
     "ExpectedPrompt",
     "LlmJobRecord",
-    "SampleState",
-    "SampleTake",
     "answers_file_name",
     "check_answers",
     "consumed_samples",
     "due_once_a_day",
     "parse_answers",
-    "sample_state",
     "solved_key",
     "solver_cmd",
-    "take_samples",
 ]
 
-T = TypeVar("T")
 
 # The failure comments a miner's LLM job gets; stored with the job and shown to operators, spelled
 # as the reference spells them (the second one's grammar included) so dashboards keep matching.
@@ -132,47 +125,6 @@ def check_answers(expected: Sequence[ExpectedPrompt], answers: Mapping[str, str]
         if got[prompt.content] != prompt.answer:
             return AnswerVerdict(False, ANSWERS_MISMATCH, 0.0)
     return AnswerVerdict(True, "", 1.0)
-
-
-class SampleState(StrEnum):
-    """Where a prompt sample is in its life (docs/crossval.md §7.1)."""
-
-    UNANSWERED = "unanswered"  # its workload has no trusted answers yet
-    READY = "ready"  # answered and not yet given to a miner
-    USED = "used"  # consumed by a synthetic job (whatever that job's outcome)
-
-
-def sample_state(*, synthetic_job_id: int | None, workload_finished_at: datetime | None) -> SampleState:
-    """A used sample stays used; otherwise it is ready once its workload is answered."""
-    if synthetic_job_id is not None:
-        return SampleState.USED
-    return SampleState.UNANSWERED if workload_finished_at is None else SampleState.READY
-
-
-@dataclass(frozen=True, slots=True)
-class SampleTake(Generic[T]):
-    """The samples a batch's LLM jobs get: one per LLM executor, or none at all."""
-
-    samples: tuple[T, ...]
-    insufficient: bool  # fewer ready samples than LLM executors: record INSUFFICIENT_PROMPTS
-
-
-def take_samples(ready: Iterable[T], llm_executor_count: int) -> SampleTake[T]:
-    """All or nothing: samples are taken only when there is one for every LLM executor.
-
-    `ready` is the ready samples (answered, unused) in any order, at least `llm_executor_count` of
-    them when available (the caller fetches with that limit). With fewer, the batch runs no LLM
-    job at all (other executor classes are unaffected) and none is consumed. No LLM executor: no
-    samples and nothing to report.
-    """
-    if llm_executor_count <= 0:
-        return SampleTake((), False)
-    taken: list[T] = []
-    for sample in ready:
-        taken.append(sample)
-        if len(taken) == llm_executor_count:
-            return SampleTake(tuple(taken), False)
-    return SampleTake((), True)
 
 
 @dataclass(frozen=True, slots=True)

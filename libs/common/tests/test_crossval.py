@@ -17,15 +17,12 @@ from horde_common.crossval import (
     AnswersFormatError,
     ExpectedPrompt,
     LlmJobRecord,
-    SampleState,
     check_answers,
     consumed_samples,
     due_once_a_day,
     parse_answers,
-    sample_state,
     solved_key,
     solver_cmd,
-    take_samples,
 )
 
 NOW = datetime(2024, 11, 20, 12, 0, tzinfo=UTC)
@@ -114,33 +111,7 @@ def test_solver_cmd_and_answers_key() -> None:
     assert solved_key(FILE) == f"solved/{FILE}.json"
 
 
-# --- taking samples (all or nothing) and consuming them -----------------------------------------
-
-
-def test_samples_taken_when_enough_for_every_llm_executor() -> None:
-    take = take_samples(iter(["s1", "s2", "s3"]), 2)
-    assert take.samples == ("s1", "s2") and not take.insufficient
-
-
-def test_fewer_samples_than_llm_executors_takes_none() -> None:
-    take = take_samples(["s1"], 2)
-    assert take.samples == () and take.insufficient
-
-
-def test_no_llm_executor_takes_nothing_and_reports_nothing() -> None:
-    take = take_samples(["s1"], 0)
-    assert take.samples == () and not take.insufficient
-
-
-@given(st.lists(st.integers(), unique=True), st.integers(min_value=0, max_value=30))
-def test_take_is_all_or_nothing(ready: list[int], executors: int) -> None:
-    take = take_samples(ready, executors)
-    if executors == 0:
-        assert take.samples == () and not take.insufficient
-    elif len(ready) >= executors:
-        assert len(take.samples) == executors and set(take.samples) <= set(ready)
-    else:
-        assert take.samples == () and take.insufficient
+# --- consuming samples -----------------------------------------
 
 
 def test_sample_consumed_whatever_the_outcome() -> None:
@@ -151,15 +122,6 @@ def test_sample_consumed_whatever_the_outcome() -> None:
 def test_sample_consumed_exactly_once() -> None:
     with pytest.raises(ValueError):
         consumed_samples([LlmJobRecord(1, 10, True), LlmJobRecord(1, 11, False)])
-
-
-def test_sample_states() -> None:
-    assert sample_state(synthetic_job_id=None, workload_finished_at=None) is SampleState.UNANSWERED
-    assert sample_state(synthetic_job_id=None, workload_finished_at=NOW) is SampleState.READY
-    assert sample_state(synthetic_job_id=3, workload_finished_at=NOW) is SampleState.USED
-
-
-# --- once a day ----------------------------------------------------------------------------------
 
 
 def test_once_a_day() -> None:
