@@ -19,13 +19,13 @@ from horde_common.bus import BusRouter, HandlerContext
 from horde_common.bus.messages import OrganicJobRequested
 from horde_common.bus.router import Dependencies
 from horde_common.db.models import MinerManifest, SyntheticJobBatch, SystemEvent
-from horde_common.db.models.bus import OutboxMessage
 from horde_common.db.models.chain import Neuron
 from horde_common.db.models.organic import OrganicJob
 from horde_job_runner.organic.handler import OrganicRuntime, handle_organic_job_requested, run_organic_job
 from horde_job_runner.organic.run import OrganicTimeouts
 from horde_localnet import keys
 from horde_localnet.miners import MinerFleet
+from testing.organic_rows import job_row, statuses
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -106,24 +106,6 @@ async def submit(sessions: Sessions, version: str, miner_hotkey: str = "") -> Or
         row = {"miner_hotkey": miner_hotkey, "executor_class": AO, "status": "PENDING", "request": body}
         session.add(OrganicJob(job_uuid=job_uuid, job_description="User job from facilitator", **row))
     return OrganicJobRequested(job_uuid=job_uuid, miner_hotkey=miner_hotkey, executor_class=AO, request=body)
-
-
-async def statuses(sessions: Sessions, job_uuid: uuid.UUID) -> list[dict[str, Any]]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(OutboxMessage.body)
-            .where(OutboxMessage.routing_key == "organic.job.status")
-            .where(OutboxMessage.body["job_uuid"].astext == str(job_uuid))
-            .order_by(OutboxMessage.id)
-        )
-        return list(rows)
-
-
-async def job_row(sessions: Sessions, job_uuid: uuid.UUID) -> OrganicJob:
-    async with sessions() as session:
-        row = await session.scalar(select(OrganicJob).where(OrganicJob.job_uuid == job_uuid))
-        assert row is not None
-        return row
 
 
 async def job_events(sessions: Sessions, job_uuid: uuid.UUID) -> list[tuple[str, str, dict]]:

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from horde_common.bus.messages import OrganicJobRequested
 from horde_common.db.models import SystemEvent
-from horde_common.db.models.bus import OutboxMessage
 from horde_common.db.models.chain import Neuron
 from horde_common.db.models.organic import OrganicJob
 from horde_common.protocol.miner import ExecutorClass
@@ -37,6 +36,7 @@ from horde_job_runner.synthetic.transport import MinerConnectionError, WebSocket
 from horde_localnet import keys
 from horde_localnet.miners import ExecutionResult, JobState, MinerConfig, SimulatedMiner
 from horde_localnet.miners.config import run_in_thread
+from testing.organic_rows import job_row, statuses
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -153,24 +153,6 @@ async def submit(sessions: Sessions, miner_hotkey: str, **row: Any) -> OrganicJo
     async with sessions.begin() as session:
         session.add(OrganicJob(job_uuid=job_uuid, job_description="User job from facilitator", **values))
     return OrganicJobRequested(job_uuid=job_uuid, miner_hotkey=miner_hotkey, executor_class=AO, request=body)
-
-
-async def statuses(sessions: Sessions, job_uuid: uuid.UUID) -> list[dict[str, Any]]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(OutboxMessage.body)
-            .where(OutboxMessage.routing_key == "organic.job.status")
-            .where(OutboxMessage.body["job_uuid"].astext == str(job_uuid))
-            .order_by(OutboxMessage.id)
-        )
-        return list(rows)
-
-
-async def job_row(sessions: Sessions, job_uuid: uuid.UUID) -> OrganicJob:
-    async with sessions() as session:
-        row = await session.scalar(select(OrganicJob).where(OrganicJob.job_uuid == job_uuid))
-        assert row is not None
-        return row
 
 
 async def events(sessions: Sessions, job_uuid: uuid.UUID) -> list[tuple[str, str]]:
