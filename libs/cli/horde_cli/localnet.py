@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,33 +196,17 @@ def run_job_runner(port: int, lease_ttl_s: float | None) -> None:
 def run_cross_validator(port: int, interval_s: float = CROSSVAL_INTERVAL_S) -> None:
     """Run the cross-validator with its three prompt loops every `interval_s`, blocking until stopped.
 
-    The loops call the service's own runs (`run_generation`, `run_sampling`, `run_answering`); only
-    the period differs. Before them, the DYNAMIC_* values of `DYNAMIC_CONFIG_SOURCE` are stored in
-    this process: the scheduler stores them too, but maybe after the first run read and cached the
-    production values for 5 minutes.
+    The service's own loops (`horde_cross_validator.loops.prompt_loops`) on one shorter period.
+    Before them, the DYNAMIC_* values of `DYNAMIC_CONFIG_SOURCE` are stored in this process: the
+    scheduler stores them too, but maybe after the first run read and cached the production values
+    for 5 minutes.
     """
     import structlog
 
     from horde_common.dynamic_config import DynamicConfigError, refresh_from_sources
     from horde_common.service import ServiceContext, run_service
-    from horde_cross_validator.answering import run_answering
     from horde_cross_validator.app import SPEC
-    from horde_cross_validator.generation import run_generation
-    from horde_cross_validator.runtime import CrossValidatorRuntime
-    from horde_cross_validator.workloads import run_sampling
-
-    Loop = Callable[[ServiceContext], Awaitable[None]]
-
-    def every(run: Callable[[CrossValidatorRuntime], Awaitable[object]], name: str) -> Loop:
-        async def loop(ctx: ServiceContext) -> None:
-            runtime = ctx.dependency(CrossValidatorRuntime)
-            while True:
-                await run(runtime)
-                if await ctx.wait_stop(interval_s):
-                    return
-
-        loop.__name__ = name  # the loop's name in /readyz and /debug/loops, as the service's own
-        return loop
+    from horde_cross_validator.loops import prompt_loops
 
     async def on_start(ctx: ServiceContext) -> None:
         sources = [s.strip() for s in (ctx.settings.DYNAMIC_CONFIG_SOURCE or "").split(",") if s.strip()]
@@ -234,9 +218,9 @@ def run_cross_validator(port: int, interval_s: float = CROSSVAL_INTERVAL_S) -> N
         if SPEC.on_start is not None:
             await SPEC.on_start(ctx)
 
-    loops = [every(run_generation, "generation_loop"), every(run_sampling, "sampling_loop")]
-    loops.append(every(run_answering, "answering_loop"))
-    run_service(dataclasses.replace(SPEC, port=port, loops=loops, on_start=on_start))
+    run_service(
+        dataclasses.replace(SPEC, port=port, loops=prompt_loops(every_s=interval_s), on_start=on_start)
+    )
 
 
 def miner_fleet_args(topo: Topology) -> list[str]:

@@ -26,7 +26,6 @@ from horde_common.crossval import (
 )
 from horde_common.db.models import Prompt, PromptSample, SolveWorkload
 from horde_common.event_types import SystemEventSubtype, SystemEventType
-from horde_common.service import ServiceContext
 from horde_common.telemetry.events import SystemEventRecord, record_events_bulk
 from horde_cross_validator.not_configured import report_not_configured
 from horde_cross_validator.planning import answering_may_continue, answering_summary_event_data
@@ -40,7 +39,7 @@ from horde_cross_validator.sampling import (
 from horde_cross_validator.trusted_jobs import TrustedJobKind, job_request, run_trusted_job
 from horde_cross_validator.trusted_lock import try_advisory_lock
 
-__all__ = ["ANSWERING_INTERVAL_S", "AnsweringRun", "answering_loop", "run_answering"]
+__all__ = ["ANSWERING_INTERVAL_S", "AnsweringRun", "run_answering"]
 
 log = structlog.get_logger(__name__)
 
@@ -205,12 +204,3 @@ async def _store(
             update(SolveWorkload).where(SolveWorkload.id == workload_id).values(finished_at=now)
         )
     return True
-
-
-async def answering_loop(ctx: ServiceContext) -> None:
-    """`ServiceSpec.loops` entry: a run now, then every `ANSWERING_INTERVAL_S`."""
-    runtime = ctx.dependency(CrossValidatorRuntime)
-    while True:
-        await run_answering(runtime)
-        if await ctx.wait_stop(ANSWERING_INTERVAL_S):
-            return

@@ -9,12 +9,10 @@ from horde_common.bus import BusRouter, HandlerContext
 from horde_common.bus.messages import TrustedJobCompleted, TrustedJobRequested
 from horde_common.service import Dependency, ServiceSpec
 from horde_common.service_ports import SERVICE_PORTS
-from horde_cross_validator.answering import answering_loop
-from horde_cross_validator.generation import generation_loop
+from horde_cross_validator.loops import prompt_loops
 from horde_cross_validator.runtime import CrossValidatorRuntime, cross_validator_runtime
 from horde_cross_validator.trusted_jobs import notify_completed
 from horde_cross_validator.views import crossval_view
-from horde_cross_validator.workloads import sampling_loop
 
 log = structlog.get_logger(__name__)
 router = BusRouter()
@@ -33,7 +31,7 @@ SPEC = ServiceSpec(
     port=SERVICE_PORTS["cross-validator"],
     router=router,
     dependencies=[Dependency(CrossValidatorRuntime, cross_validator_runtime)],
-    loops=[generation_loop, sampling_loop, answering_loop],
+    loops=prompt_loops(),
     debug_views={"crossval": crossval_view},
     publishes_outside_handlers={
         TrustedJobRequested: "`generation_loop`, `answering_loop` (a direct publish while the trusted-miner lock is held)",

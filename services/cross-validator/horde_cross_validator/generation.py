@@ -19,7 +19,6 @@ from sqlalchemy import func, insert, select
 from horde_common import s3
 from horde_common.db.models import PromptSeries, SolveWorkload
 from horde_common.event_types import SystemEventSubtype, SystemEventType
-from horde_common.service import ServiceContext
 from horde_common.telemetry.events import SystemEventRecord, record_events_bulk
 from horde_cross_validator.not_configured import report_not_configured
 from horde_cross_validator.planning import generation_cmd, generation_success_event_data, plan_generation
@@ -28,7 +27,7 @@ from horde_cross_validator.trusted_jobs import TrustedJobKind, job_request, run_
 from horde_cross_validator.trusted_lock import try_advisory_lock
 from horde_cross_validator.workloads import SERIES_DOWNLOAD_TIMEOUT_S, SERIES_MAX_BYTES, series_problem
 
-__all__ = ["GENERATION_INTERVAL_S", "GenerationResult", "generation_loop", "run_generation"]
+__all__ = ["GENERATION_INTERVAL_S", "GenerationResult", "run_generation"]
 
 log = structlog.get_logger(__name__)
 
@@ -161,12 +160,3 @@ async def _series_unusable(url: str) -> str:
     except s3.S3Error as exc:
         return repr(exc)
     return series_problem(body)[1]
-
-
-async def generation_loop(ctx: ServiceContext) -> None:
-    """`ServiceSpec.loops` entry: a run now, then every `GENERATION_INTERVAL_S`."""
-    runtime = ctx.dependency(CrossValidatorRuntime)
-    while True:
-        await run_generation(runtime)
-        if await ctx.wait_stop(GENERATION_INTERVAL_S):
-            return

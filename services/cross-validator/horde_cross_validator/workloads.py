@@ -18,7 +18,6 @@ from sqlalchemy import func, insert, select
 from horde_common import s3
 from horde_common.db.models import Prompt, PromptSample, PromptSeries, SolveWorkload
 from horde_common.event_types import SystemEventSubtype, SystemEventType
-from horde_common.service import ServiceContext
 from horde_common.telemetry.events import SystemEventRecord, record_events_bulk
 from horde_cross_validator.planning import new_workloads_event_data, plan_sampling
 from horde_cross_validator.runtime import CrossValidatorRuntime
@@ -30,7 +29,6 @@ __all__ = [
     "SERIES_DOWNLOAD_TIMEOUT_S",
     "SERIES_MAX_BYTES",
     "run_sampling",
-    "sampling_loop",
     "series_problem",
 ]
 
@@ -212,12 +210,3 @@ async def _sample(runtime: CrossValidatorRuntime, needed: int, k: int, per_workl
         "sampling.done", workloads=run.workloads_created, samples=run.sampled, skipped=run.skipped_series
     )
     return run.workloads_created
-
-
-async def sampling_loop(ctx: ServiceContext) -> None:
-    """`ServiceSpec.loops` entry: a run now, then every `SAMPLING_INTERVAL_S`."""
-    runtime = ctx.dependency(CrossValidatorRuntime)
-    while True:
-        await run_sampling(runtime)
-        if await ctx.wait_stop(SAMPLING_INTERVAL_S):
-            return
